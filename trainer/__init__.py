@@ -1,0 +1,1 @@
+"""Audio tagging trainer: DALI input pipeline, PSLA and pseudo-strong-label recipes."""

@@ -1,0 +1,1 @@
+"""Shards → batches: manifest records, sampling, DALI decode and features, augmentation."""

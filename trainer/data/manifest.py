@@ -1,0 +1,136 @@
+"""The shard dataset format, shared by the shard builder (writer) and the input pipeline (reader).
+
+A built dataset is a directory ``shards/NAME/`` holding tar shards with DALI ``.idx`` files beside
+them, ``manifest.jsonl`` (one :class:`ShardRecord` per sample), ``weights.csv``,
+``class_labels_indices.csv``, ``dataset.json`` and ``rejects.jsonl``.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+MANIFEST = "manifest.jsonl"
+WEIGHTS = "weights.csv"
+VOCABULARY = "class_labels_indices.csv"
+DATASET_INFO = "dataset.json"
+REJECTS = "rejects.jsonl"
+
+
+@dataclass(frozen=True)
+class ShardRecord:
+    """One written sample: where its FLAC bytes live and what it is labelled with."""
+
+    key: str  # webdataset key: no dots, unique within the dataset
+    shard: str  # tar file name, relative to the dataset directory
+    offset: int  # byte offset of the FLAC member's data inside the tar
+    size: int  # byte size of the FLAC member's data
+    labels: tuple[int, ...]  # class indices into the dataset's vocabulary
+    duration: float  # seconds, after resampling to 16 kHz
+    weight: float = 1.0  # PSLA class-balanced sampling weight
+
+    def to_json(self) -> str:
+        d = dataclasses.asdict(self)
+        d["labels"] = list(self.labels)
+        return json.dumps(d, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, line: str) -> "ShardRecord":
+        d = json.loads(line)
+        try:
+            return cls(
+                key=str(d["key"]),
+                shard=str(d["shard"]),
+                offset=int(d["offset"]),
+                size=int(d["size"]),
+                labels=tuple(int(x) for x in d["labels"]),
+                duration=float(d["duration"]),
+                weight=float(d.get("weight", 1.0)),
+            )
+        except KeyError as e:
+            raise ValueError(f"manifest record lacks field {e}: {line[:200]}") from None
+
+
+def write_manifest(path: Path, records: Iterable[ShardRecord]) -> None:
+    tmp = Path(path).with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        for r in records:
+            f.write(r.to_json() + "\n")
+    tmp.replace(path)
+
+
+def read_manifest(dataset_dir: str | Path) -> list[ShardRecord]:
+    """Read ``manifest.jsonl``; weights come from ``weights.csv`` when present (it is the source of truth
+    for sampling, so a user can swap in other weights without rebuilding)."""
+    dataset_dir = Path(dataset_dir)
+    path = dataset_dir / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no manifest; is {dataset_dir} a dataset built by tools.build_shards?")
+    records = []
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    records.append(ShardRecord.from_json(line))
+                except ValueError as e:
+                    raise ValueError(f"{path}:{lineno}: {e}") from None
+    weights_path = dataset_dir / WEIGHTS
+    if weights_path.is_file():
+        weights = read_weights(weights_path)
+        if len(weights) != len(records):
+            raise ValueError(f"{weights_path} has {len(weights)} weights for {len(records)} manifest records")
+        records = [dataclasses.replace(r, weight=w) for r, w in zip(records, weights)]
+    return records
+
+
+def write_weights(path: Path, weights: Iterable[float]) -> None:
+    with open(path, "w") as f:
+        for w in weights:
+            f.write(f"{w!r}\n")
+
+
+def read_weights(path: Path) -> list[float]:
+    with open(path) as f:
+        return [float(line) for line in f if line.strip()]
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """A label vocabulary in the ``class_labels_indices.csv`` form (index, mid, display_name)."""
+
+    mids: tuple[str, ...]
+    names: tuple[str, ...]
+    index: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.index.update({m: i for i, m in enumerate(self.mids)})
+
+    def __len__(self) -> int:
+        return len(self.mids)
+
+    def digest(self) -> str:
+        """A short hash that changes whenever the class order or ids change."""
+        return hashlib.sha256("\n".join(self.mids).encode()).hexdigest()[:16]
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Vocabulary":
+        path = Path(path)
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        if not rows or not {"index", "mid", "display_name"} <= set(rows[0]):
+            raise ValueError(f"{path}: expected columns index,mid,display_name")
+        rows.sort(key=lambda r: int(r["index"]))
+        if [int(r["index"]) for r in rows] != list(range(len(rows))):
+            raise ValueError(f"{path}: indices must be 0..N-1 without gaps")
+        return cls(tuple(r["mid"] for r in rows), tuple(r["display_name"] for r in rows))
+
+    def save(self, path: str | Path) -> None:
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["index", "mid", "display_name"])
+            for i, (m, n) in enumerate(zip(self.mids, self.names)):
+                w.writerow([i, m, n])
