@@ -1,0 +1,43 @@
+"""Model factory. Models see only feature tensors: they never import the data pipeline or the loop."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from .efficientnet import EfficientNetTagger
+from .mobilenet import MobileNetV2Tagger
+
+
+def build_model(cfg: ModelConfig, num_classes: int, n_mels: int) -> nn.Module:
+    """forward(B × n_mels × frames) → (clip_probs B × C, frame_probs B × T' × C), both after sigmoid.
+
+    T' = ceil(frames / 32). Both backbones average out whatever frequency rows remain, so
+    ``n_mels`` only has to be positive; it is checked here so a bad front-end fails at build time.
+    """
+    if n_mels < 1:
+        raise ValueError(f"n_mels must be positive, got {n_mels}")
+    if cfg.name == "mobilenetv2":
+        return MobileNetV2Tagger(num_classes, cfg.width_mult, cfg.dropout)
+    if cfg.name in ("efficientnet_b0", "efficientnet_b2"):
+        return EfficientNetTagger(cfg.name, num_classes, cfg.att_heads)
+    raise ValueError(f"model.name: unknown model {cfg.name!r}")
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a local state dict (a 'module.' prefix from DataParallel/DDP is stripped); strict."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    own = model.state_dict()
+    missing = sorted(own.keys() - state.keys())
+    unexpected = sorted(state.keys() - own.keys())
+    if missing or unexpected:
+        raise ValueError(f"{path}: does not fit the model: missing {missing[:5]} ({len(missing)}), "
+                         f"unexpected {unexpected[:5]} ({len(unexpected)})")
+    for k, v in state.items():
+        if v.shape != own[k].shape:
+            raise ValueError(f"{path}: parameter {k} has shape {tuple(v.shape)}, "
+                             f"the model expects {tuple(own[k].shape)}")
+    model.load_state_dict(state)
