@@ -95,6 +95,7 @@ class TrainConfig:
     wa_start: int = 1  # weight averaging over epochs wa_start..wa_end (1-based, inclusive)
     wa_end: Optional[int] = None  # default: the last epoch
     log_every: int = 10
+    stop_after_steps: Optional[int] = None  # tests: exit abruptly after this many steps, as a kill would
     trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
 
 

@@ -1,0 +1,74 @@
+"""Atomic checkpoints: Accelerate's full training state plus our progress (epoch, step, data stream).
+
+A checkpoint directory only ever gets its final name once it is complete, and the ``latest`` pointer is
+replaced atomically, so a kill during a save leaves the previous checkpoint in force.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from accelerate import Accelerator
+
+PROGRESS = "progress.json"
+KEEP = 2  # finished checkpoints kept; the newest is the one resumed from
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, progress: dict[str, Any]) -> Path:
+    """Collective: every rank calls it. ``progress`` is JSON (epoch, step, data stream state, ...)."""
+    root = run_dir / "checkpoints"
+    final = root / f"step_{step:08d}"
+    tmp = root / f".tmp_step_{step:08d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / PROGRESS).write_text(json.dumps(progress))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        _write_atomic(root / "latest", final.name)
+        for old in sorted(root.glob("step_*"))[:-KEEP]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def find_checkpoint(resume: bool | str, run_dir: Path) -> Optional[Path]:
+    """``resume`` true: this run's latest finished checkpoint (None if there is none yet); a path: that
+    checkpoint, or the latest one of that run directory."""
+    if resume is False:
+        return None
+    path = run_dir if resume is True else Path(resume)
+    if (path / PROGRESS).is_file():
+        return path
+    pointer = path / "checkpoints" / "latest"
+    if pointer.is_file():
+        return path / "checkpoints" / pointer.read_text().strip()
+    if resume is True:
+        return None
+    raise FileNotFoundError(f"run.resume: {path} holds no finished checkpoint")
+
+
+def load_checkpoint(accelerator: Accelerator, path: Path) -> dict[str, Any]:
+    accelerator.load_state(str(path))
+    return json.loads((path / PROGRESS).read_text())
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    """Plain state dict of the unwrapped model (for WA, the best model, teachers and predict)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,95 @@
+"""Pseudo strong labels inline: a frozen teacher labels each chunk of every clip while the student
+trains on the same chunks, in one forward pass (Dinkel et al., ICASSP 2022, without the offline stage).
+
+Only the student is trained (and wrapped for DDP); the teacher runs in eval mode under inference mode,
+in the training precision.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from trainer.data.chunks import split_chunks
+
+
+@dataclass
+class ChunkBatch:
+    student: torch.Tensor  # N_chunks × C student probabilities (requires grad)
+    teacher: Optional[torch.Tensor]  # N_chunks × C teacher probabilities (no grad), None without a teacher
+    weak: torch.Tensor  # N_chunks × C the chunk's clip (weak) labels
+    clip_index: torch.Tensor  # N_chunks, which clip of the batch each chunk came from
+
+
+class ChunkedTeacherStudent:
+    """Chunks a batch, runs the teacher and the student on the chunks, returns both.
+
+    ``chunks_per_clip`` None trains on every chunk of every clip (each clip is decoded once and
+    contributes all its chunks); k keeps k random chunks per clip, drawn from ``generator``.
+    """
+
+    def __init__(
+        self,
+        teacher: Optional[torch.nn.Module],
+        chunk_frames: int,
+        hop_frames: int,
+        chunks_per_clip: Optional[int] = None,
+    ) -> None:
+        self.teacher = teacher
+        if teacher is not None:
+            teacher.eval()
+            teacher.requires_grad_(False)
+        self.chunk_frames = chunk_frames
+        self.hop_frames = hop_frames
+        self.chunks_per_clip = chunks_per_clip
+
+    def __call__(
+        self,
+        student: torch.nn.Module,
+        features: torch.Tensor,
+        labels: torch.Tensor,
+        autocast: Callable = torch.autocast,
+        generator: Optional[torch.Generator] = None,
+    ) -> ChunkBatch:
+        chunks, clip_index, _ = split_chunks(features, self.chunk_frames, self.hop_frames)
+        if self.chunks_per_clip is not None:
+            keep = self._pick(clip_index, generator)
+            chunks, clip_index = chunks[keep], clip_index[keep]
+        teacher_probs = None
+        if self.teacher is not None:
+            with torch.inference_mode(), autocast():
+                teacher_probs, _ = self.teacher(chunks)
+            # Inference tensors can't be saved for backward; a plain copy can serve as the target.
+            teacher_probs = teacher_probs.float().clone()
+        with autocast():
+            student_probs, _ = student(chunks)
+        return ChunkBatch(student_probs.float(), teacher_probs, labels[clip_index], clip_index)
+
+    def _pick(self, clip_index: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+        scores = torch.rand(len(clip_index), generator=generator, device="cpu").to(clip_index.device)
+        keep = []
+        for clip in torch.unique(clip_index):
+            idx = torch.nonzero(clip_index == clip).flatten()
+            keep.append(idx[torch.argsort(scores[idx])[: self.chunks_per_clip]])
+        return torch.sort(torch.cat(keep)).values
+
+
+def psl_loss(batch: ChunkBatch, alpha: float) -> torch.Tensor:
+    """α · BCE(student, teacher) + (1 − α) · BCE(student, weak labels). α = 1 is PSL, α = 0.5
+    teacher-student, α = 0 (or no teacher) plain weak-label training on chunks."""
+    weak = F.binary_cross_entropy(batch.student, batch.weak)
+    if batch.teacher is None or alpha == 0.0:
+        return weak
+    pseudo = F.binary_cross_entropy(batch.student, batch.teacher)
+    return alpha * pseudo + (1.0 - alpha) * weak
+
+
+def teacher_weights_path(run_dir: str | Path) -> Path:
+    """The teacher of a PSL run is the best single checkpoint of an earlier run."""
+    path = Path(run_dir) / "models" / "best.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the teacher run has no best checkpoint; did it finish training?")
+    return path

@@ -1,0 +1,81 @@
+"""Run outputs: per-epoch metrics CSV and plot, PSLA-style result files and ``summary.json``."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # runs are headless
+import matplotlib.pyplot as plt  # noqa: E402
+
+RESULT_FIELDS = ["mAP", "mAUC", "dprime", "num_samples", "num_skipped_ap", "keys_digest"]
+
+
+def append_row(path: Path, row: dict[str, Any]) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def truncate_rows(path: Path, keep: int) -> None:
+    """Drop rows past the first ``keep`` (a resumed run rewrites what came after its checkpoint)."""
+    rows = read_rows(path)
+    if len(rows) > keep:
+        path.unlink()
+        for row in rows[:keep]:
+            append_row(path, row)
+
+
+def write_result(path: Path, metrics: dict[str, Any]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(RESULT_FIELDS)
+        w.writerow([metrics[k] for k in RESULT_FIELDS])
+
+
+def write_per_class(path: Path, metrics: dict[str, Any]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["class", "AP"])
+        for name, ap in metrics["per_class_ap"].items():
+            w.writerow([name, "" if ap is None else f"{ap:.6f}"])
+
+
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: metrics[k] for k in RESULT_FIELDS}
+
+
+def write_summary(path: Path, summary: dict[str, Any]) -> None:
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def plot_curves(metrics_csv: Path, out_png: Path) -> None:
+    rows = read_rows(metrics_csv)
+    if not rows:
+        return
+    epochs = [int(r["epoch"]) for r in rows]
+    fig, (ax_loss, ax_map) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [float(r["train_loss"]) for r in rows], marker="o")
+    ax_loss.set(xlabel="epoch", ylabel="training loss", title="Loss")
+    for split in ("valid", "eval"):
+        col = f"{split}_mAP"
+        if col in rows[0] and rows[0][col] != "":
+            ax_map.plot(epochs, [float(r[col]) for r in rows], marker="o", label=split)
+    ax_map.set(xlabel="epoch", ylabel="mAP", title="mAP")
+    ax_map.legend()
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
