@@ -1,0 +1,93 @@
+"""Multi-model ensemble: average the clip probabilities of several runs on the same clips.
+
+    python -m trainer.ensemble RUN_DIR [RUN_DIR ...] [--out DIR]
+
+Each run directory holds predictions/eval_best.npz with arrays probs (N × C), targets (N × C),
+keys (N) and optionally class_names (C).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .metrics import keys_digest, tagging_metrics
+
+PREDICTIONS = Path("predictions") / "eval_best.npz"
+
+
+def _align(keys: Sequence[str], other_keys: Sequence[str], name: str) -> np.ndarray:
+    """Row indices that put ``other_keys`` in the order of ``keys``; an error names missing keys."""
+    index = {k: i for i, k in enumerate(other_keys)}
+    if len(index) != len(other_keys):
+        raise ValueError(f"{name}: duplicate keys")
+    missing = [k for k in keys if k not in index]
+    extra = len(other_keys) - (len(keys) - len(missing))
+    if missing or extra:
+        raise ValueError(f"{name}: {len(missing)} keys missing (e.g. {missing[:5]}), {extra} extra keys")
+    return np.array([index[k] for k in keys], dtype=np.int64)
+
+
+def mean_predictions(predictions: Sequence[tuple[Sequence[str], np.ndarray]]) -> tuple[list[str], np.ndarray]:
+    """Average probabilities of several (keys, probs N × C) sets, aligned by key to the first set's order."""
+    if not predictions:
+        raise ValueError("mean_predictions: no predictions")
+    keys = [str(k) for k in predictions[0][0]]
+    total = np.zeros(np.shape(predictions[0][1]), dtype=np.float64)
+    for i, (k, p) in enumerate(predictions):
+        total += np.asarray(p, dtype=np.float64)[_align(keys, [str(x) for x in k], f"predictions #{i}")]
+    return keys, total / len(predictions)
+
+
+def _load(run_dir: Path) -> dict[str, np.ndarray]:
+    path = run_dir / PREDICTIONS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def ensemble(run_dirs: Sequence[Path], out: Path) -> dict:
+    runs = [_load(d) for d in run_dirs]
+    keys, probs = mean_predictions([(r["keys"], r["probs"]) for r in runs])
+    targets = runs[0]["targets"][_align(keys, [str(k) for k in runs[0]["keys"]], str(run_dirs[0]))]
+    for d, r in zip(run_dirs[1:], runs[1:]):
+        if not np.array_equal(r["targets"][_align(keys, [str(k) for k in r["keys"]], str(d))], targets):
+            raise ValueError(f"{d}: targets differ from {run_dirs[0]} for the same keys")
+    names = runs[0].get("class_names")
+    names = [str(n) for n in names] if names is not None else [f"class_{i}" for i in range(probs.shape[1])]
+
+    rows = []
+    for d, r in zip(run_dirs, runs):
+        m = tagging_metrics(r["probs"], r["targets"], names)
+        rows.append({"model": str(d), "mAP": m["mAP"], "mAUC": m["mAUC"], "d_prime": m["d_prime"]})
+    result = tagging_metrics(probs, targets, names)
+    rows.append({"model": "ensemble", "mAP": result["mAP"], "mAUC": result["mAUC"], "d_prime": result["d_prime"]})
+
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "ensemble_result.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["model", "mAP", "mAUC", "d_prime"])
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = {"runs": [str(d) for d in run_dirs], "keys_digest": keys_digest(keys), **result}
+    with open(out / "summary.json", "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m trainer.ensemble", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dirs", nargs="+", type=Path, help="run directories with predictions/eval_best.npz")
+    parser.add_argument("--out", type=Path, default=Path("ensemble"), help="output directory (default: ./ensemble)")
+    args = parser.parse_args(argv)
+    s = ensemble(args.run_dirs, args.out)
+    print(f"ensemble of {len(args.run_dirs)} models on {s['num_samples']} clips: "
+          f"mAP {s['mAP']:.4f}  mAUC {s['mAUC']:.4f}  d' {s['d_prime']:.3f}  → {args.out}")
+
+
+if __name__ == "__main__":
+    main()
