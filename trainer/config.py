@@ -36,6 +36,7 @@ class DataConfig:
     eval: list[str] = field(default_factory=list)
     select_on: Literal["valid", "eval"] = "valid"  # the split that picks the best epoch
     strong_labels: Optional[str] = None  # AudioSet strong-format TSV for chunk-level evaluation
+    eval_chunk_seconds: float = 2.0  # chunk length of the chunk-level evaluation
     batch_size: int = 32
     eval_batch_size: int = 64
     weighted: bool = True  # PSLA balanced sampling: draws ∝ weights.csv, with replacement
@@ -226,13 +227,34 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
 
 
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML config; ``inherit: other.yaml`` (relative to this file) is read first and overridden here."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: inherit cycle")
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    with open(path) as f:
+        raw = yaml.safe_load(f) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    parent = raw.pop("inherit", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: inherit: expected a file name, got {parent!r}")
+    return _merge(_read_yaml(path.parent / parent, seen + (path,)), raw)
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def load_config(path: str | Path | None, overrides: list[str] = (), check_paths: bool = True) -> Config:
-    raw: dict[str, Any] = {}
-    if path is not None:
-        with open(path) as f:
-            raw = yaml.safe_load(f) or {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping")
+    raw: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
     for text in overrides:
         keys, value = parse_override(text)
         node = raw
