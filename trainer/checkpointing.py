@@ -66,9 +66,9 @@ def load_checkpoint(accelerator: Accelerator, path: Path) -> dict[str, Any]:
     return json.loads((path / PROGRESS).read_text())
 
 
-def save_weights(model: torch.nn.Module, path: Path) -> None:
-    """Plain state dict of the unwrapped model (for WA, the best model, teachers and predict)."""
+def save_weights(state_dict: dict[str, torch.Tensor], path: Path) -> None:
+    """A plain state dict of the unwrapped model (for WA, the best model, teachers and predict)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(model.state_dict(), tmp)
+    torch.save(state_dict, tmp)
     os.replace(tmp, path)
