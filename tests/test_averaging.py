@@ -48,12 +48,15 @@ def test_ensemble_cli_equals_manual_mean(tmp_path, capsys):
     for i, (p, perm) in enumerate([(probs[0], np.arange(30)), (probs[1], order)]):
         (tmp_path / f"run{i}" / "predictions").mkdir(parents=True)
         np.savez(tmp_path / f"run{i}" / "predictions" / "eval_best.npz", probs=p[perm], targets=targets[perm], keys=keys[perm])
+        (tmp_path / f"run{i}" / "class_labels_indices.csv").write_text(
+            "index,mid,display_name\n" + "".join(f"{c},/m/{c},Name {c}\n" for c in range(4)))
     out = tmp_path / "ens"
     main([str(tmp_path / "run0"), str(tmp_path / "run1"), "--out", str(out)])
-    expected = tagging_metrics((probs[0] + probs[1]) / 2, targets, [f"class_{i}" for i in range(4)])
+    expected = tagging_metrics((probs[0] + probs[1]) / 2, targets, [f"Name {c}" for c in range(4)])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["mAP"] == pytest.approx(expected["mAP"])
     assert summary["mAUC"] == pytest.approx(expected["mAUC"])
+    assert summary["per_class_ap"] == pytest.approx(expected["per_class_ap"])
     rows = list(csv.DictReader(open(out / "ensemble_result.csv")))
     assert [r["model"] for r in rows][-1] == "ensemble" and len(rows) == 3
     assert "mAP" in capsys.readouterr().out

@@ -23,9 +23,9 @@ def test_matches_sklearn_and_dprime():
     auc = [roc_auc_score(targets[:, c], probs[:, c]) for c in range(6)]
     assert m["mAP"] == pytest.approx(np.mean(ap))
     assert m["mAUC"] == pytest.approx(np.mean(auc))
-    assert m["d_prime"] == pytest.approx(math.sqrt(2) * norm.ppf(np.mean(auc)))
-    assert [c["ap"] for c in m["per_class"]] == pytest.approx(ap)
-    assert [c["name"] for c in m["per_class"]] == names
+    assert m["dprime"] == pytest.approx(math.sqrt(2) * norm.ppf(np.mean(auc)))
+    assert list(m["per_class_ap"]) == names
+    assert list(m["per_class_ap"].values()) == pytest.approx(ap)
     assert (m["num_samples"], m["num_skipped_ap"], m["num_skipped_auc"]) == (50, 0, 0)
 
 
@@ -38,7 +38,7 @@ def test_classes_without_positives_or_negatives_are_skipped():
     assert m["mAP"] == pytest.approx(np.mean([average_precision_score(targets[:, c], probs[:, c]) for c in keep_ap]))
     assert m["mAUC"] == pytest.approx(np.mean([roc_auc_score(targets[:, c], probs[:, c]) for c in keep_auc]))
     assert (m["num_skipped_ap"], m["num_skipped_auc"]) == (1, 2)
-    assert m["per_class"][1]["ap"] is None and m["per_class"][4]["auc"] is None
+    assert m["per_class_ap"]["b"] is None and m["per_class_auc"]["e"] is None
 
 
 def test_rejects_soft_targets():

@@ -2,8 +2,8 @@
 
     python -m trainer.ensemble RUN_DIR [RUN_DIR ...] [--out DIR]
 
-Each run directory holds predictions/eval_best.npz with arrays probs (N × C), targets (N × C),
-keys (N) and optionally class_names (C).
+Each run directory holds predictions/eval_best.npz with arrays probs (N × C), targets (N × C) and
+keys (N), and class_labels_indices.csv (class display names; without it classes are numbered).
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .data.manifest import VOCABULARY, Vocabulary
 from .metrics import keys_digest, tagging_metrics
 
 PREDICTIONS = Path("predictions") / "eval_best.npz"
@@ -51,6 +52,16 @@ def _load(run_dir: Path) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
+def _class_names(run_dirs: Sequence[Path], num_classes: int) -> list[str]:
+    """Display names from the runs' vocabularies, which must agree (same classes in the same order)."""
+    vocabs = [Vocabulary.load(d / VOCABULARY) for d in run_dirs if (d / VOCABULARY).is_file()]
+    if not vocabs:
+        return [f"class_{i}" for i in range(num_classes)]
+    if len({v.digest() for v in vocabs}) > 1:
+        raise ValueError(f"the runs' {VOCABULARY} files differ: their probabilities can't be averaged")
+    return list(vocabs[0].names)
+
+
 def ensemble(run_dirs: Sequence[Path], out: Path) -> dict:
     runs = [_load(d) for d in run_dirs]
     keys, probs = mean_predictions([(r["keys"], r["probs"]) for r in runs])
@@ -58,19 +69,18 @@ def ensemble(run_dirs: Sequence[Path], out: Path) -> dict:
     for d, r in zip(run_dirs[1:], runs[1:]):
         if not np.array_equal(r["targets"][_align(keys, [str(k) for k in r["keys"]], str(d))], targets):
             raise ValueError(f"{d}: targets differ from {run_dirs[0]} for the same keys")
-    names = runs[0].get("class_names")
-    names = [str(n) for n in names] if names is not None else [f"class_{i}" for i in range(probs.shape[1])]
+    names = _class_names(run_dirs, probs.shape[1])
 
     rows = []
     for d, r in zip(run_dirs, runs):
         m = tagging_metrics(r["probs"], r["targets"], names)
-        rows.append({"model": str(d), "mAP": m["mAP"], "mAUC": m["mAUC"], "d_prime": m["d_prime"]})
+        rows.append({"model": str(d), "mAP": m["mAP"], "mAUC": m["mAUC"], "dprime": m["dprime"]})
     result = tagging_metrics(probs, targets, names)
-    rows.append({"model": "ensemble", "mAP": result["mAP"], "mAUC": result["mAUC"], "d_prime": result["d_prime"]})
+    rows.append({"model": "ensemble", "mAP": result["mAP"], "mAUC": result["mAUC"], "dprime": result["dprime"]})
 
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "ensemble_result.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["model", "mAP", "mAUC", "d_prime"])
+        writer = csv.DictWriter(f, fieldnames=["model", "mAP", "mAUC", "dprime"])
         writer.writeheader()
         writer.writerows(rows)
     summary = {"runs": [str(d) for d in run_dirs], "keys_digest": keys_digest(keys), **result}
@@ -84,9 +94,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("run_dirs", nargs="+", type=Path, help="run directories with predictions/eval_best.npz")
     parser.add_argument("--out", type=Path, default=Path("ensemble"), help="output directory (default: ./ensemble)")
     args = parser.parse_args(argv)
-    s = ensemble(args.run_dirs, args.out)
+    try:
+        s = ensemble(args.run_dirs, args.out)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
     print(f"ensemble of {len(args.run_dirs)} models on {s['num_samples']} clips: "
-          f"mAP {s['mAP']:.4f}  mAUC {s['mAUC']:.4f}  d' {s['d_prime']:.3f}  → {args.out}")
+          f"mAP {s['mAP']:.4f}  mAUC {s['mAUC']:.4f}  d' {s['dprime']:.3f}  → {args.out}")
 
 
 if __name__ == "__main__":

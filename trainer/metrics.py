@@ -18,8 +18,9 @@ def d_prime(auc: float) -> float:
 def tagging_metrics(probs: np.ndarray, targets: np.ndarray, class_names: list[str]) -> dict[str, Any]:
     """Macro mAP over classes with ≥1 positive, mAUC over classes with positives and negatives.
 
-    Classes where a metric is undefined are skipped and counted (num_skipped_ap/auc), their
-    per-class value is None. With no evaluable class at all the mean is NaN.
+    Classes where a metric is undefined are skipped and counted (num_skipped_ap/auc); their entry
+    in per_class_ap / per_class_auc (display name → value) is None. With no evaluable class at all
+    the mean is NaN.
     """
     probs = np.asarray(probs, dtype=np.float64)
     targets = np.asarray(targets)
@@ -27,12 +28,15 @@ def tagging_metrics(probs: np.ndarray, targets: np.ndarray, class_names: list[st
         raise ValueError(f"probs {probs.shape} and targets {targets.shape} must both be N × C")
     if probs.shape[1] != len(class_names):
         raise ValueError(f"{probs.shape[1]} classes in probs but {len(class_names)} class names")
+    if len(set(class_names)) != len(class_names):
+        raise ValueError("class names must be unique: per-class results are keyed by name")
     if not np.isin(targets, (0, 1)).all():
         raise ValueError("targets must be binary (0/1) labels")
     targets = targets.astype(bool)
     n = len(targets)
     positives = targets.sum(axis=0)
-    per_class = []
+    per_class_ap: dict[str, float | None] = {}
+    per_class_auc: dict[str, float | None] = {}
     aps, aucs = [], []
     for c, name in enumerate(class_names):
         ap = auc = None
@@ -42,18 +46,19 @@ def tagging_metrics(probs: np.ndarray, targets: np.ndarray, class_names: list[st
             if positives[c] < n:
                 auc = float(roc_auc_score(targets[:, c], probs[:, c]))
                 aucs.append(auc)
-        per_class.append({"index": c, "name": name, "positives": int(positives[c]), "ap": ap, "auc": auc})
+        per_class_ap[name], per_class_auc[name] = ap, auc
     m_ap = float(np.mean(aps)) if aps else math.nan
     m_auc = float(np.mean(aucs)) if aucs else math.nan
     return {
         "mAP": m_ap,
         "mAUC": m_auc,
-        "d_prime": d_prime(m_auc) if aucs else math.nan,
+        "dprime": d_prime(m_auc) if aucs else math.nan,
         "num_samples": n,
         "num_classes": len(class_names),
         "num_skipped_ap": len(class_names) - len(aps),
         "num_skipped_auc": len(class_names) - len(aucs),
-        "per_class": per_class,
+        "per_class_ap": per_class_ap,
+        "per_class_auc": per_class_auc,
     }
 
 
