@@ -1,0 +1,340 @@
+"""Build FLAC webdataset shards from an AudioSet CSV, a PSLA JSON datafile or a PSL TSV.
+
+    python -m tools.build_shards SOURCE --out shards/NAME [options]
+
+See shards/README.md for the output format. Output is deterministic (same inputs and options give
+byte-identical shards whatever --workers is) and resumable: finished shards are kept after a kill,
+and the interrupted one is rebuilt.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import hashlib
+import json
+import multiprocessing
+import os
+import random
+import re
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+from tqdm import tqdm
+
+from tools.audio_io import SAMPLE_RATE, AudioError, encode_flac, load_audio, to_pcm16
+from tools.shard_writer import ShardWriter
+from tools.sources import TOO_SHORT, UNREADABLE, Item, mark_duplicates, read_source
+from trainer.data.manifest import (DATASET_INFO, MANIFEST, REJECTS, VOCABULARY, WEIGHTS, ShardRecord,
+                                   Vocabulary, write_manifest, write_weights)
+
+BUILDER_VERSION = "1"
+DEFAULT_LABELS = Path(__file__).resolve().parents[2] / "shared/data/audioset/class_labels_indices.csv"
+STATE_DIR = ".build"  # per-shard resume state inside the output directory
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+@dataclass
+class BuildOptions:
+    source: Path
+    out: Path
+    labels: Path | None = None  # None: DEFAULT_LABELS
+    audio_dir: Path | None = None
+    workers: int = 1
+    shard_size: int = 256 * 10**6
+    shard_samples: int | None = None  # when set, replaces the byte limit
+    min_duration: float = 0.1
+    max_reject_fraction: float = 0.05
+    shuffle: bool = False
+    seed: int = 0
+    part: int = 0
+    num_parts: int = 1
+    weight_offset: float = 0.01
+
+
+@dataclass
+class BuildResult:
+    num_inputs: int
+    num_written: int
+    rejects: dict[str, int]
+    out: Path
+
+    @property
+    def num_rejected(self) -> int:
+        return sum(self.rejects.values())
+
+    def summary(self) -> str:
+        s = f"{self.num_inputs} inputs, {self.num_written} written, {self.num_rejected} rejected"
+        if self.rejects:
+            s += " (" + ", ".join(f"{r}: {n}" for r, n in sorted(self.rejects.items())) + ")"
+        return s
+
+
+def parse_size(text: str) -> int:
+    """'256MB' -> 256_000_000; KB/MB/GB are decimal, KiB/MiB/GiB binary."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if not m or m.group(2).upper() not in _UNITS:
+        raise argparse.ArgumentTypeError(f"bad size {text!r}: use e.g. 256MB, 1GiB or a byte count")
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+def psla_weights(label_sets: Sequence[Sequence[int]], num_classes: int, offset: float = 0.01) -> list[float]:
+    """PSLA balanced-sampling weights: per clip, the sum over its labels of 1000 / (count(label) + offset)."""
+    counts = [0] * num_classes
+    for labels in label_sets:
+        for c in labels:
+            counts[c] += 1
+    return [sum(1000.0 / (counts[c] + offset) for c in labels) for labels in label_sets]
+
+
+def load_vocabulary(path: Path | None) -> Vocabulary:
+    path = Path(path) if path else DEFAULT_LABELS
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"vocabulary {path} not found; pass --labels class_labels_indices.csv"
+            + (" (the default is the AudioSet vocabulary in ../shared/data/audioset/ beside the checkout)"
+               if path == DEFAULT_LABELS else ""))
+    return Vocabulary.load(path)
+
+
+def _encode(job: tuple[str, float] | None) -> tuple[bytes | None, float, str | None, str]:
+    """Worker: decode, resample, quantise and FLAC-encode one file. Returns (flac, seconds, reject, detail)."""
+    if job is None:
+        return None, 0.0, None, ""
+    path, min_duration = job
+    try:
+        pcm = to_pcm16(load_audio(path))
+    except (AudioError, OSError) as e:
+        return None, 0.0, UNREADABLE, str(e)
+    duration = len(pcm) / SAMPLE_RATE
+    if duration < min_duration:
+        return None, duration, TOO_SHORT, f"{duration:.3f} s < {min_duration} s"
+    return encode_flac(pcm), duration, None, ""
+
+
+def _prefix(opts: BuildOptions) -> str:
+    name = opts.out.name
+    return name if opts.num_parts == 1 else f"{name}-p{opts.part}"
+
+
+def _fingerprint(opts: BuildOptions, vocab: Vocabulary, items: Sequence[Item]) -> str:
+    """Everything that determines shard contents; a resume with a different fingerprint is refused."""
+    h = hashlib.sha256()
+    h.update(json.dumps([BUILDER_VERSION, vocab.digest(), opts.shard_size, opts.shard_samples,
+                         opts.min_duration, opts.shuffle, opts.seed, opts.part, opts.num_parts]).encode())
+    for it in items:
+        h.update(json.dumps([it.key, it.source, it.labels, it.reject]).encode())
+    return h.hexdigest()[:16]
+
+
+def _reject_row(it: Item, reason: str, detail: str) -> dict:
+    return {"key": it.key, "source": it.source, "reason": reason, "detail": detail}
+
+
+def _resume(opts: BuildOptions, fingerprint: str) -> tuple[int, int, list[ShardRecord], list[dict]]:
+    """Load finished shards of this prefix in order; delete anything after the first unfinished one."""
+    prefix, state_dir = _prefix(opts), opts.out / STATE_DIR
+    shard, start, records, rejects = 0, 0, [], []
+    while True:
+        name = f"{prefix}-{shard:06d}"
+        tar, idx, state = opts.out / f"{name}.tar", opts.out / f"{name}.idx", state_dir / f"{name}.json"
+        if not (tar.is_file() and idx.is_file() and state.is_file()):
+            break
+        st = json.loads(state.read_text())
+        if st["fingerprint"] != fingerprint:
+            raise SystemExit(f"{opts.out}: {tar.name} was built from other inputs or options; "
+                             "use a new --out directory or delete this one")
+        records += [ShardRecord.from_json(json.dumps(r)) for r in st["records"]]
+        rejects += st["rejects"]
+        start, shard = st["consumed"], shard + 1
+    stale = re.compile(rf"{re.escape(prefix)}-(\d{{6}})\.(tar|idx|json)(\.tmp)?")
+    for d in (opts.out, state_dir):
+        for p in d.iterdir() if d.is_dir() else ():
+            m = stale.fullmatch(p.name)
+            if m and int(m.group(1)) >= shard:
+                p.unlink()
+    return shard, start, records, rejects
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _results(jobs: list, workers: int) -> Iterator[tuple]:
+    if workers <= 1:
+        yield from map(_encode, jobs)
+        return
+    with multiprocessing.Pool(workers) as pool:
+        yield from pool.imap(_encode, jobs, chunksize=4)  # imap keeps input order: output is deterministic
+
+
+def build(opts: BuildOptions, progress: bool = True) -> BuildResult:
+    """Build (or resume building) the shards of ``opts.source`` into ``opts.out``."""
+    if not 0 <= opts.part < opts.num_parts:
+        raise ValueError(f"--part {opts.part} must be in [0, --num-parts {opts.num_parts})")
+    vocab = load_vocabulary(opts.labels)
+    items = mark_duplicates(read_source(Path(opts.source), vocab, opts.audio_dir))
+    if opts.shuffle:
+        random.Random(opts.seed).shuffle(items)
+    items = items[opts.part :: opts.num_parts]
+    opts.out.mkdir(parents=True, exist_ok=True)
+    (opts.out / STATE_DIR).mkdir(exist_ok=True)
+    fingerprint = _fingerprint(opts, vocab, items)
+    shard, start, records, rejects = _resume(opts, fingerprint)
+    prefix = _prefix(opts)
+
+    writer: ShardWriter | None = None
+    shard_records: list[ShardRecord] = []
+    shard_rejects: list[dict] = []
+
+    def close(consumed: int) -> None:
+        nonlocal writer, shard, shard_records, shard_rejects
+        state = {"fingerprint": fingerprint, "consumed": consumed,
+                 "records": [json.loads(r.to_json()) for r in shard_records], "rejects": shard_rejects}
+        # State before the tar: an existing tar then always has its state and index.
+        _atomic_write(opts.out / STATE_DIR / f"{writer.tar_path.stem}.json", json.dumps(state))
+        writer.close()
+        records.extend(shard_records)
+        rejects.extend(shard_rejects)
+        writer, shard, shard_records, shard_rejects = None, shard + 1, [], []
+
+    jobs = [(it.path, opts.min_duration) if it.reject is None else None for it in items[start:]]
+    bar = tqdm(total=len(items), initial=start, unit="clip", disable=not progress, desc=prefix)
+    try:
+        for pos, (it, (flac, duration, reason, detail)) in enumerate(zip(items[start:], _results(jobs, opts.workers)),
+                                                                     start):
+            bar.update()
+            if it.reject or reason:
+                shard_rejects.append(_reject_row(it, it.reject or reason, it.detail if it.reject else detail))
+                continue
+            meta = json.dumps({"key": it.key, "labels": list(it.labels), "mids": list(it.mids),
+                               "duration": duration, "source": it.source}, sort_keys=True).encode()
+            need = 1024 + -(-len(flac) // 512) * 512 + -(-len(meta) // 512) * 512
+            if writer is not None and (len(shard_records) >= opts.shard_samples if opts.shard_samples
+                                       else writer.size + need > opts.shard_size):
+                close(pos)
+            if writer is None:
+                writer = ShardWriter(opts.out / f"{prefix}-{shard:06d}.tar")
+            where = writer.add(it.key, {"flac": flac, "json": meta})["flac"]
+            shard_records.append(ShardRecord(it.key, writer.tar_path.name, where.offset, where.size, it.labels,
+                                             duration))
+        if writer is not None:
+            close(len(items))
+        else:
+            rejects.extend(shard_rejects)  # trailing rejects with no shard of their own
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    finally:
+        bar.close()
+
+    counts = collections.Counter(r["reason"] for r in rejects)
+    result = BuildResult(len(items), len(records), dict(counts), opts.out)
+    if opts.num_parts == 1:
+        _finalize(opts, vocab, records, rejects)
+    else:
+        _write_part(opts, records, rejects)
+    return result
+
+
+def _options_json(opts: BuildOptions) -> dict:
+    d = asdict(opts)
+    for k in ("workers", "part", "out"):  # they do not change the dataset
+        d.pop(k)
+    return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
+
+
+def _finalize(opts: BuildOptions, vocab: Vocabulary, records: list[ShardRecord], rejects: list[dict]) -> None:
+    """Write manifest, weights, vocabulary copy, rejects and dataset.json for the whole dataset."""
+    out = opts.out
+    weights = psla_weights([r.labels for r in records], len(vocab), opts.weight_offset)
+    records = [ShardRecord(r.key, r.shard, r.offset, r.size, r.labels, r.duration, w)
+               for r, w in zip(records, weights)]
+    write_manifest(out / MANIFEST, records)
+    write_weights(out / WEIGHTS, weights)
+    vocab.save(out / VOCABULARY)
+    _atomic_write(out / REJECTS, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects))
+    class_counts = [0] * len(vocab)
+    for r in records:
+        for c in r.labels:
+            class_counts[c] += 1
+    info = {
+        "name": out.name,
+        "builder_version": BUILDER_VERSION,
+        "num_inputs": len(records) + len(rejects),
+        "num_written": len(records),
+        "num_rejected": len(rejects),
+        "rejects": dict(sorted(collections.Counter(r["reason"] for r in rejects).items())),
+        "num_shards": len({r.shard for r in records}),
+        "num_classes": len(vocab),
+        "class_counts": class_counts,
+        "total_hours": sum(r.duration for r in records) / 3600.0,
+        "sample_rate": SAMPLE_RATE,
+        "audio": "flac pcm16 mono",
+        "vocabulary_digest": vocab.digest(),
+        "weight_offset": opts.weight_offset,
+        "options": _options_json(opts),
+    }
+    _atomic_write(out / DATASET_INFO, json.dumps(info, indent=1) + "\n")
+
+
+def _write_part(opts: BuildOptions, records: list[ShardRecord], rejects: list[dict]) -> None:
+    """Write this part's manifest and rejects; the part that finds all parts present merges them."""
+    out = opts.out
+    tag = f"p{opts.part}-of-{opts.num_parts}"
+    write_manifest(out / f"manifest.{tag}.jsonl", records)
+    _atomic_write(out / f"rejects.{tag}.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects))
+    parts = [(out / f"manifest.p{i}-of-{opts.num_parts}.jsonl", out / f"rejects.p{i}-of-{opts.num_parts}.jsonl")
+             for i in range(opts.num_parts)]
+    if all(m.is_file() and r.is_file() for m, r in parts):
+        all_records, all_rejects = [], []
+        for m, r in parts:
+            all_records += [ShardRecord.from_json(line) for line in m.read_text().splitlines() if line]
+            all_rejects += [json.loads(line) for line in r.read_text().splitlines() if line]
+        _finalize(opts, load_vocabulary(opts.labels), all_records, all_rejects)
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools.build_shards", description=__doc__.split("\n\n")[0])
+    p.add_argument("source", type=Path, help="AudioSet segments .csv (with --audio-dir), PSLA .json or PSL .tsv")
+    p.add_argument("--out", type=Path, required=True, help="output directory shards/NAME")
+    p.add_argument("--audio-dir", type=Path, help="where the clips of an AudioSet CSV (or a PSL TSV) are")
+    p.add_argument("--labels", type=Path, help=f"class_labels_indices.csv (default {DEFAULT_LABELS})")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--shard-size", type=parse_size, default=parse_size("256MB"), help="bytes per shard, e.g. 256MB")
+    size.add_argument("--shard-samples", type=int, help="samples per shard (instead of --shard-size)")
+    p.add_argument("--min-duration", type=float, default=0.1, help="seconds; shorter clips are rejected")
+    p.add_argument("--max-reject-fraction", type=float, default=0.05, help="exit non-zero above this")
+    p.add_argument("--shuffle", action="store_true", help="shuffle the inputs (with --seed) before sharding")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--part", type=int, default=0, help="build only slice I of --num-parts (inputs I, I+N, ...)")
+    p.add_argument("--num-parts", type=int, default=1)
+    p.add_argument("--weight-offset", type=float, default=0.01, help="PSLA weight 1000/(count+offset); PaSST: 100")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    if a.out.name in ("", ".", ".."):
+        p.error("--out must name the dataset directory, e.g. shards/NAME")
+    opts = BuildOptions(source=a.source, out=a.out, labels=a.labels, audio_dir=a.audio_dir, workers=a.workers,
+                        shard_size=a.shard_size, shard_samples=a.shard_samples, min_duration=a.min_duration,
+                        max_reject_fraction=a.max_reject_fraction, shuffle=a.shuffle, seed=a.seed, part=a.part,
+                        num_parts=a.num_parts, weight_offset=a.weight_offset)
+    try:
+        result = build(opts, progress=not a.no_progress)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(result.summary())
+    if result.num_inputs and result.num_rejected / result.num_inputs > opts.max_reject_fraction:
+        print(f"error: {result.num_rejected / result.num_inputs:.1%} of inputs rejected, above "
+              f"--max-reject-fraction {opts.max_reject_fraction}; see {opts.out / REJECTS}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
