@@ -1,0 +1,87 @@
+"""Training augmentation on a feature batch, on the batch's device.
+
+Every random number of a batch comes from ``numpy.random.default_rng([seed, epoch, step, rank])`` (drawn on
+the host, a few per clip), so a resumed run reproduces the same augmentation on any device.
+
+Mixup: PSLA mixes waveforms before the fbank; we mix the (log-mel) features of the batch, which keeps
+the whole batch on the device and needs no second decode. Partners come from the same batch.
+SpecAugment masks are filled with 0, the normalised features' mean (PSLA masks before normalising).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from trainer.config import AugmentConfig
+from trainer.data.features import FrontEnd, frames_per_second
+
+
+class Augmenter:
+    def __init__(self, cfg: AugmentConfig, frontend: FrontEnd, seed: int, rank: int = 0) -> None:
+        self.cfg = cfg
+        self.frontend = frontend
+        self.seed = seed
+        self.rank = rank  # ranks hold different clips; they draw independent augmentations
+
+    @property
+    def active(self) -> bool:
+        c = self.cfg
+        return any(v > 0 for v in (c.freqm, c.timem, c.mixup, c.batch_mixup_alpha, c.time_shift, c.gain_db))
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augment features ``x`` (B × M × T) and labels ``y`` (B × C) of batch ``step`` of ``epoch``."""
+        if not self.active or x.shape[0] == 0:
+            return x, y
+        rng = np.random.default_rng([self.seed, epoch, step, self.rank])
+        c = self.cfg
+        if c.gain_db > 0:
+            db = _dev(rng.uniform(-c.gain_db, c.gain_db, x.shape[0]), x)
+            x = x + self.frontend.gain_offset(db)[:, None, None]
+        if c.time_shift > 0:
+            x = roll_time(x, rng, int(round(c.time_shift * frames_per_second(self.frontend.frontend))))
+        if c.mixup > 0:
+            mixed = rng.random(x.shape[0]) < c.mixup
+            lam = np.where(mixed, rng.beta(c.mixup_alpha, c.mixup_alpha, x.shape[0]), 1.0)
+            x, y = mix(x, y, rng.integers(0, x.shape[0], x.shape[0]), lam)
+        if c.batch_mixup_alpha > 0:
+            lam = rng.beta(c.batch_mixup_alpha, c.batch_mixup_alpha, x.shape[0])
+            x, y = mix(x, y, rng.permutation(x.shape[0]), lam)
+        if c.freqm > 0:
+            x = mask_axis(x, rng, c.freqm, axis=1)
+        if c.timem > 0:
+            x = mask_axis(x, rng, c.timem, axis=2)
+        return x, y
+
+
+def _dev(a: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(a, dtype=like.dtype).to(like.device)
+
+
+def mix(x: torch.Tensor, y: torch.Tensor, partner: np.ndarray, lam: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clip i becomes λᵢ·clipᵢ + (1−λᵢ)·clip[partnerᵢ], features and labels alike."""
+    p = torch.as_tensor(partner, dtype=torch.long, device=x.device)
+    lx = _dev(lam, x)
+    x = lx[:, None, None] * x + (1 - lx[:, None, None]) * x[p]
+    ly = _dev(lam, y)
+    y = ly[:, None] * y + (1 - ly[:, None]) * y[p]
+    return x, y
+
+
+def mask_axis(x: torch.Tensor, rng: np.random.Generator, width: int, axis: int) -> torch.Tensor:
+    """torchaudio Frequency/TimeMasking per clip: width w ~ U[0, width), start ~ U[0, size − w), fill 0."""
+    size = x.shape[axis]
+    w = rng.random(x.shape[0]) * width
+    start = np.floor(rng.random(x.shape[0]) * (size - w))
+    end = start + np.floor(w)
+    pos = torch.arange(size, device=x.device)
+    inside = (pos[None, :] >= _dev(start, x)[:, None]) & (pos[None, :] < _dev(end, x)[:, None])  # B × size
+    inside = inside[:, :, None] if axis == 1 else inside[:, None, :]
+    return x.masked_fill(inside, 0.0)
+
+
+def roll_time(x: torch.Tensor, rng: np.random.Generator, max_shift: int) -> torch.Tensor:
+    """Roll each clip along time by its own shift in [−max_shift, max_shift] frames."""
+    shift = torch.as_tensor(rng.integers(-max_shift, max_shift + 1, x.shape[0]), device=x.device)
+    t = x.shape[-1]
+    idx = (torch.arange(t, device=x.device)[None, :] - shift[:, None]) % t  # B × T
+    return torch.gather(x, 2, idx[:, None, :].expand(-1, x.shape[1], -1))

@@ -1,0 +1,121 @@
+"""Resolve a config's dataset specs into :class:`ShardRecord` lists with absolute shard paths.
+
+A spec is a built dataset directory, or a brace-expanded shard pattern inside one
+(``shards/as/as-{000000..000199}.tar``, the webdataset convention) that selects some of its shards.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from braceexpand import braceexpand
+
+from trainer.config import DataConfig, FeatureConfig
+from trainer.data.manifest import DATASET_INFO, VOCABULARY, ShardRecord, Vocabulary, read_manifest
+
+
+@dataclass
+class Splits:
+    train: list[ShardRecord]
+    valid: list[ShardRecord]
+    eval: list[ShardRecord]
+    vocab: Vocabulary
+    feature_stats: dict  # dataset.json "feature_stats" of the first training dataset ({} if none)
+
+    def feature_config(self, cfg: FeatureConfig) -> FeatureConfig:
+        """``cfg`` with norm_mean/std taken from the dataset's stats where the config leaves them None."""
+        stats = self.feature_stats.get(cfg.frontend) or {}
+        return dataclasses.replace(
+            cfg,
+            norm_mean=cfg.norm_mean if cfg.norm_mean is not None else stats.get("mean"),
+            norm_std=cfg.norm_std if cfg.norm_std is not None else stats.get("std"),
+        )
+
+
+def index_path(shard: Path) -> Path:
+    """The DALI index beside a shard: ``x.tar.idx``, or ``x.idx`` if that is what exists."""
+    alt = shard.with_suffix(".idx")
+    return alt if alt.is_file() and not Path(f"{shard}.idx").is_file() else Path(f"{shard}.idx")
+
+
+def _split_spec(spec: str) -> tuple[Path, set[str] | None]:
+    """(dataset directory, selected shard names or None for all)."""
+    if "{" not in spec and not spec.endswith(".tar"):
+        return Path(spec).resolve(), None
+    names = [Path(p) for p in braceexpand(spec)]
+    parents = {p.parent.resolve() for p in names}
+    if len(parents) != 1:
+        raise ValueError(f"{spec}: a shard pattern must stay inside one dataset directory")
+    return parents.pop(), {p.name for p in names}
+
+
+def load_records(spec: str) -> tuple[list[ShardRecord], Vocabulary, dict]:
+    """Records of one spec (absolute shard paths, every shard and .idx checked), its vocabulary and
+    the dataset's ``dataset.json`` (``{}`` if absent)."""
+    root, selected = _split_spec(spec)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{spec}: dataset directory {root} does not exist")
+    vocab = Vocabulary.load(root / VOCABULARY)
+    records = read_manifest(root)
+    if selected is not None:
+        known = {r.shard for r in records}
+        missing = sorted(selected - known)
+        if missing:
+            raise FileNotFoundError(f"{spec}: shard {root / missing[0]} is not in {root}/manifest.jsonl")
+        records = [r for r in records if r.shard in selected]
+    shards = sorted({r.shard for r in records})
+    for name in shards:
+        path = root / name
+        if not path.is_file():
+            raise FileNotFoundError(f"missing shard {path}")
+        if not index_path(path).is_file():
+            raise FileNotFoundError(f"missing index {path}.idx for shard {path}")
+    records = [dataclasses.replace(r, shard=str(root / r.shard)) for r in records]
+    info_path = root / DATASET_INFO
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    return records, vocab, info
+
+
+def load_many(specs: Sequence[str]) -> tuple[list[ShardRecord], Vocabulary | None, dict]:
+    """Several specs concatenated; they must share the vocabulary (same digest)."""
+    records: list[ShardRecord] = []
+    vocab = None
+    first_info: dict = {}
+    for spec in specs:
+        recs, v, info = load_records(spec)
+        if vocab is None:
+            vocab, first_info = v, info
+        elif v.digest() != vocab.digest():
+            raise ValueError(f"{spec}: vocabulary {v.digest()} differs from {specs[0]}'s {vocab.digest()}")
+        records.extend(recs)
+    return records, vocab, first_info
+
+
+def in_holdout(key: str, fraction: float) -> bool:
+    """Deterministic validation hold-out by key hash, independent of order and of the other keys."""
+    h = int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big")
+    return h < fraction * 2**64
+
+
+def resolve_splits(cfg: DataConfig) -> Splits:
+    train, vocab, info = load_many(cfg.train)
+    if vocab is None:
+        raise ValueError("data.train: at least one dataset is required")
+    if cfg.valid:
+        valid, _ = _same_vocab(cfg.valid, vocab)
+    else:
+        valid = [r for r in train if in_holdout(r.key, cfg.valid_fraction)]
+        train = [r for r in train if not in_holdout(r.key, cfg.valid_fraction)]
+    evals, _ = _same_vocab(cfg.eval, vocab) if cfg.eval else ([], None)
+    return Splits(train, valid, evals, vocab, info.get("feature_stats", {}))
+
+
+def _same_vocab(specs: Sequence[str], vocab: Vocabulary) -> tuple[list[ShardRecord], Vocabulary]:
+    records, v, _ = load_many(specs)
+    if v is not None and v.digest() != vocab.digest():
+        raise ValueError(f"{specs[0]}: vocabulary {v.digest()} differs from the training set's {vocab.digest()}")
+    return records, vocab

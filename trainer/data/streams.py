@@ -1,0 +1,184 @@
+"""TrainStream / EvalStream: batches of features, labels and keys, decoded and featurised by DALI.
+
+Each sample's FLAC bytes are read straight from its tar shard through the manifest's offset/size
+(one read-only memory map per shard, kept open) and handed to DALI by an external_source batch
+iterator; DALI decodes, crops/pads and computes features, on the GPU after decode when the stream's
+device is CUDA. The order of samples is a pure function of (seed, epoch, rank) and augmentation of
+(seed, epoch, step, rank), so resuming skips the consumed batches without decoding them.
+"""
+from __future__ import annotations
+
+import io
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from trainer.config import AugmentConfig, DataConfig, FeatureConfig
+from trainer.data.augment import Augmenter
+from trainer.data.features import FrontEnd
+from trainer.data.manifest import ShardRecord
+from trainer.data.sampling import eval_order, train_batches_per_rank, train_order
+
+
+class ShardBytes:
+    """Random access to sample bytes; one memory map per shard, opened on first use."""
+
+    def __init__(self) -> None:
+        self._maps: dict[str, np.memmap] = {}
+
+    def __call__(self, rec: ShardRecord) -> np.ndarray:
+        mm = self._maps.get(rec.shard)
+        if mm is None:
+            mm = self._maps[rec.shard] = np.memmap(rec.shard, dtype=np.uint8, mode="r")
+        if rec.offset + rec.size > len(mm):
+            raise RuntimeError(f"shard {rec.shard}: member {rec.key} at {rec.offset}+{rec.size} runs past "
+                               f"the end of the file ({len(mm)} bytes); is the manifest from another build?")
+        return mm[rec.offset:rec.offset + rec.size]
+
+
+class _Stream:
+    """What both streams share: the DALI pipeline over planned batches of record indices."""
+
+    def __init__(self, records: Sequence[ShardRecord], vocab_size: int, data_cfg: DataConfig,
+                 feat_cfg: FeatureConfig, batch_size: int, rank: int, world_size: int, device: torch.device) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world_size {world_size}")
+        self.records = list(records)
+        self.vocab_size = vocab_size
+        self.data_cfg = data_cfg
+        self.frontend = FrontEnd.from_config(feat_cfg)
+        self.batch_size = batch_size
+        self.rank = rank
+        self.world_size = world_size
+        self.device = torch.device(device)
+        self._gpu = self.device.type == "cuda"
+        self._read = ShardBytes()
+
+    def _labels(self, idx: Sequence[int]) -> torch.Tensor:
+        y = np.zeros((len(idx), self.vocab_size), dtype=np.float32)
+        for row, i in enumerate(idx):
+            y[row, list(self.records[i].labels)] = 1.0
+        return torch.from_numpy(y).to(self.device)
+
+    def _features(self, batches: list[list[int]], start: int) -> Iterator[tuple[int, torch.Tensor]]:
+        """(batch number, B × mel × frames features on the device) for ``batches[start:]``."""
+        pipe = self._pipeline(batches, start) if any(batches[start:]) else None
+        try:
+            for i in range(start, len(batches)):
+                if not batches[i]:  # an eval rank's empty last batch; DALI cannot run an empty batch
+                    yield i, torch.zeros(0, self.frontend.num_mels, self.frontend.num_frames, device=self.device)
+                    continue
+                try:
+                    (out,) = pipe.run()
+                except Exception as e:  # DALI reports a failed decode for the whole batch
+                    self._blame(batches[i:i + self.data_cfg.prefetch + 1], e)
+                yield i, self.frontend.finish(self._to_torch(out))
+        finally:
+            del pipe  # stops DALI's threads and prefetching now, not at garbage collection
+
+    def _pipeline(self, batches: list[list[int]], start: int) -> Any:
+        from nvidia.dali import fn, pipeline_def, types
+
+        def source() -> Iterator[list[np.ndarray]]:
+            for idx in batches[start:]:
+                if idx:
+                    yield [self._read(self.records[i]) for i in idx]
+
+        device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) \
+            if self._gpu else None
+
+        @pipeline_def(batch_size=self.batch_size, num_threads=self.data_cfg.num_threads, device_id=device_id,
+                      prefetch_queue_depth=self.data_cfg.prefetch, exec_dynamic=True)
+        def graph() -> Any:
+            flac = fn.external_source(source=source, batch=True, dtype=types.UINT8, cycle=False)
+            return self.frontend.graph(flac, self._gpu)
+
+        pipe = graph()
+        pipe.build()
+        return pipe
+
+    def _to_torch(self, tl: Any) -> torch.Tensor:
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        dense = tl.as_tensor()  # every sample has the same shape: fixed clip length
+        out = torch.empty(dense.shape(), dtype=torch.float32, device=self.device)
+        feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(self.device) if self._gpu else None)
+        return out
+
+    def _blame(self, batches: list[list[int]], error: Exception) -> None:
+        """Re-check the failing batch (and those prefetched with it) with soundfile; raise naming the sample."""
+        for idx in batches:
+            for i in idx:
+                rec = self.records[i]
+                try:
+                    sf.read(io.BytesIO(self._read(rec).tobytes()))
+                except Exception as bad:
+                    raise RuntimeError(f"corrupt FLAC member {rec.key}.flac in shard {rec.shard}: {bad}") from error
+        keys = [self.records[i].key for i in batches[0]]
+        raise RuntimeError(f"DALI failed on a batch of {len(keys)} samples ({keys[:4]}…, shards "
+                           f"{sorted({self.records[i].shard for i in batches[0]})}): {error}") from error
+
+
+class TrainStream(_Stream):
+    """Training batches: PSLA weighted (or uniform) sampling, augmentation, resumable mid-epoch."""
+
+    def __init__(self, records: Sequence[ShardRecord], vocab_size: int, data_cfg: DataConfig,
+                 feat_cfg: FeatureConfig, aug_cfg: AugmentConfig, seed: int, rank: int, world_size: int,
+                 device: torch.device) -> None:
+        super().__init__(records, vocab_size, data_cfg, feat_cfg, data_cfg.batch_size, rank, world_size, device)
+        self.seed = seed
+        self.epoch = 0
+        self.position = 0  # batches of this epoch handed to the caller
+        self.num_samples = data_cfg.num_samples or len(self.records)
+        self.augment = Augmenter(aug_cfg, self.frontend, seed, rank)
+        self._weights = torch.tensor([r.weight for r in self.records], dtype=torch.double)
+
+    def __len__(self) -> int:
+        return train_batches_per_rank(self.num_samples, self.batch_size, self.world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Move to ``epoch``; setting the current epoch again keeps a resumed position."""
+        if epoch != self.epoch:
+            self.epoch, self.position = epoch, 0
+
+    def batches(self) -> list[list[int]]:
+        """This rank's record indices of the current epoch, batch by batch."""
+        order = train_order(self._weights, self.num_samples, self.data_cfg.weighted, self.batch_size,
+                            self.seed, self.epoch, self.rank, self.world_size)
+        return order.view(-1, self.batch_size).tolist()
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        """The rest of the current epoch (nothing once it is consumed: call set_epoch to move on)."""
+        batches = self.batches()
+        for i, x in self._features(batches, self.position):
+            idx = batches[i]
+            x, y = self.augment(x, self._labels(idx), self.epoch, i)
+            self.position = i + 1
+            yield {"features": x, "labels": y, "keys": [self.records[j].key for j in idx]}
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+
+    def load_state_dict(self, sd: dict[str, int]) -> None:
+        self.epoch, self.position, self.seed = int(sd["epoch"]), int(sd["position"]), int(sd["seed"])
+        self.augment.seed = self.seed
+
+
+class EvalStream(_Stream):
+    """Evaluation batches in manifest order: every sample exactly once across ranks, never padded."""
+
+    def __init__(self, records: Sequence[ShardRecord], vocab_size: int, data_cfg: DataConfig,
+                 feat_cfg: FeatureConfig, rank: int, world_size: int, device: torch.device) -> None:
+        super().__init__(records, vocab_size, data_cfg, feat_cfg, data_cfg.eval_batch_size, rank, world_size,
+                         device)
+        self._batches = [b.tolist() for b in eval_order(len(self.records), self.batch_size, rank, world_size)]
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for i, x in self._features(self._batches, 0):
+            idx = self._batches[i]
+            yield {"features": x, "labels": self._labels(idx), "keys": [self.records[j].key for j in idx]}
