@@ -1,0 +1,148 @@
+"""Check a built dataset end to end: tar integrity, every sample decodes, manifest and .idx agree.
+
+    python -m tools.verify_shards shards/NAME
+
+Exits non-zero after listing every problem, each naming the file and, where there is one, the key.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+import tarfile
+from pathlib import Path
+from typing import Iterable
+
+from tqdm import tqdm
+
+from tools.audio_io import SAMPLE_RATE, decode_flac, flac_md5_matches
+from tools.shard_writer import TAR_BLOCK, Member, read_index, scan_tar, split_name
+from trainer.data.manifest import DATASET_INFO, ShardRecord, read_manifest
+
+
+def _check_tar(tar: Path, records: list[ShardRecord]) -> tuple[list[str], int]:
+    """Problems found in one shard, and the number of samples it holds."""
+    problems: list[str] = []
+    say = problems.append
+    try:
+        members = scan_tar(tar)
+    except (tarfile.TarError, OSError, EOFError) as e:
+        return [f"{tar.name}: unreadable tar: {e}"], 0
+    if not members:
+        return [f"{tar.name}: no members"], 0
+    # tarfile stops quietly at a truncation on a block boundary; a finished tar ends in two zero blocks.
+    end = max(m.offset + -(-m.size // TAR_BLOCK) * TAR_BLOCK for m in members)
+    with open(tar, "rb") as f:
+        f.seek(end)
+        if f.read(2 * TAR_BLOCK) != bytes(2 * TAR_BLOCK):
+            say(f"{tar.name}: truncated: no end-of-archive marker after the last member")
+        samples: dict[str, dict[str, Member]] = collections.OrderedDict()
+        for m in members:
+            key, ext = split_name(m.name)
+            if ext in samples.setdefault(key, {}):
+                say(f"{tar.name}: {key}: member {m.name} appears twice")
+            samples[key][ext] = m
+        by_key = {r.key: r for r in records}
+        for key, parts in samples.items():
+            if set(parts) != {"flac", "json"}:
+                say(f"{tar.name}: {key}: members {sorted(parts)}, expected flac and json")
+                continue
+            data = {}
+            for ext, m in parts.items():
+                f.seek(m.offset)
+                data[ext] = f.read(m.size)
+                if len(data[ext]) != m.size:
+                    say(f"{tar.name}: {key}: {m.name} truncated ({len(data[ext])} of {m.size} bytes)")
+            if len(data["flac"]) != parts["flac"].size or len(data["json"]) != parts["json"].size:
+                continue
+            try:
+                meta = json.loads(data["json"])
+            except ValueError as e:
+                say(f"{tar.name}: {key}: {key}.json is not JSON: {e}")
+                meta = {}
+            try:
+                pcm, sr = decode_flac(data["flac"])
+            except Exception as e:  # libsndfile raises several types for corrupt streams
+                say(f"{tar.name}: {key}: {key}.flac does not decode: {e}")
+                continue
+            if not flac_md5_matches(data["flac"], pcm):
+                say(f"{tar.name}: {key}: {key}.flac decodes to samples that fail its MD5 (corrupt)")
+            if sr != SAMPLE_RATE or pcm.ndim != 1:
+                say(f"{tar.name}: {key}: {key}.flac is {sr} Hz with shape {pcm.shape}, expected {SAMPLE_RATE} Hz mono")
+            rec = by_key.get(key)
+            if rec is None:
+                say(f"{tar.name}: {key}: sample not in the manifest")
+                continue
+            if (rec.offset, rec.size) != (parts["flac"].offset, parts["flac"].size):
+                say(f"{tar.name}: {key}: manifest says flac at {rec.offset}+{rec.size}, "
+                    f"tar has {parts['flac'].offset}+{parts['flac'].size}")
+            if meta and (meta.get("key") != key or tuple(meta.get("labels", ())) != rec.labels):
+                say(f"{tar.name}: {key}: {key}.json key/labels differ from the manifest")
+            if abs(len(pcm) / SAMPLE_RATE - rec.duration) > 1e-6:
+                say(f"{tar.name}: {key}: decodes to {len(pcm) / SAMPLE_RATE} s, manifest says {rec.duration} s")
+    for key in sorted(by_key.keys() - samples.keys()):
+        say(f"{tar.name}: {key}: in the manifest but not in the tar")
+    idx = tar.with_suffix(".idx")
+    if not idx.is_file():
+        say(f"{idx.name}: missing")
+    else:
+        try:
+            indexed = read_index(idx)
+        except ValueError as e:
+            say(str(e))
+        else:
+            actual = [[parts[e] for e in sorted(parts)] for parts in samples.values()]
+            if len(indexed) != len(actual):
+                say(f"{idx.name}: indexes {len(indexed)} samples, {tar.name} has {len(actual)}")
+            for line, (a, b) in enumerate(zip(indexed, actual), 2):
+                if a != b:
+                    say(f"{idx.name}:{line}: {split_name(b[0].name)[0]}: index entry {a} != tar {b}")
+    return problems, len(samples)
+
+
+def verify(dataset_dir: str | Path, progress: bool = False) -> tuple[list[str], int]:
+    """All problems in a dataset directory (empty when it is sound), and the number of samples checked."""
+    d = Path(dataset_dir)
+    problems: list[str] = []
+    try:
+        records = read_manifest(d)
+    except (FileNotFoundError, ValueError) as e:
+        problems.append(str(e))
+        records = []
+    by_shard: dict[str, list[ShardRecord]] = collections.defaultdict(list)
+    for key, n in collections.Counter(r.key for r in records).items():
+        if n > 1:
+            problems.append(f"manifest.jsonl: {key}: appears {n} times")
+    for r in records:
+        by_shard[r.shard].append(r)
+    tars = sorted(d.glob("*.tar"))
+    for shard in sorted(by_shard.keys() - {t.name for t in tars}):
+        problems.append(f"{shard}: named in the manifest but missing")
+    total = 0
+    for tar in tqdm(tars, unit="shard", disable=not progress):
+        found, n = _check_tar(tar, by_shard.get(tar.name, []))
+        problems += found
+        total += n
+    info = d / DATASET_INFO
+    if info.is_file() and records and json.loads(info.read_text()).get("num_written") != len(records):
+        problems.append(f"{DATASET_INFO}: num_written disagrees with the manifest's {len(records)} records")
+    return problems, total
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools.verify_shards", description=__doc__.split("\n\n")[0])
+    p.add_argument("dataset", type=Path, help="a directory built by tools.build_shards")
+    a = p.parse_args(argv)
+    problems, total = verify(a.dataset, progress=True)
+    for msg in problems:
+        print(msg)
+    if problems:
+        print(f"{a.dataset}: {len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    print(f"{a.dataset}: OK, {total} samples verified")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
