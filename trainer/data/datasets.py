@@ -62,6 +62,9 @@ def load_records(spec: str) -> tuple[list[ShardRecord], Vocabulary, dict]:
     vocab = Vocabulary.load(root / VOCABULARY)
     records = read_manifest(root)
     if selected is not None:
+        for name in sorted(selected):
+            if not (root / name).is_file():
+                raise FileNotFoundError(f"{spec}: missing shard {root / name}")
         known = {r.shard for r in records}
         missing = sorted(selected - known)
         if missing:

@@ -5,10 +5,10 @@ htk_compat=True, use_energy=False, window_type='hanning', num_mel_bins=128, dith
 DALI decodes, removes the clip mean, pre-emphasises and computes the 512-point power spectrogram of
 400-sample frames with Kaldi's symmetric Hann window (first tap 0, so whole-signal pre-emphasis equals
 Kaldi's per-frame pre-emphasis). The Kaldi mel matrix (triangles linear in mel) is then applied as a
-matmul on the batch's device: it is exact (≈6e-7 vs Kaldi without DC removal), where DALI's own
-``mel_filter_bank`` is off by ≈2e-3 mean / 1e-2 max. The one step DALI cannot express is Kaldi's
-per-frame DC removal (it needs the complex spectrum); it only moves the lowest 2–3 mel bins, and
-tests/test_features.py states the size of that difference.
+matmul on the batch's device: it is exact (≈1e-7 mean vs Kaldi without DC removal), where DALI's own
+``mel_filter_bank`` is off by ≈2e-3 mean / 1e-2 max (log units). The one step DALI cannot express is
+Kaldi's per-frame DC removal (it needs the complex spectrum); it moves mainly the lowest mel bins of
+near-silent frames, and tests/test_features.py states the size of that difference.
 
 ``mel64`` (PSL/CED) reproduces ``MelSpectrogram(16000, n_fft=512, hop_length=160, n_mels=64)`` followed
 by ``AmplitudeToDB(top_db=120)`` entirely in DALI.

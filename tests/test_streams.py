@@ -1,0 +1,151 @@
+"""Streams end to end on tiny shard sets: resume, rank coverage (in-process and two real processes),
+dataset resolution and the bad-input errors."""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.shardkit import make_dataset
+from trainer.config import AugmentConfig, DataConfig, FeatureConfig
+from trainer.data.datasets import in_holdout, load_records, resolve_splits
+from trainer.data.streams import EvalStream, TrainStream
+
+REPO = Path(__file__).resolve().parents[1]
+FEAT = FeatureConfig(frontend="mel64", clip_seconds=1.0)
+AUG = AugmentConfig(freqm=8, timem=20, mixup=0.5, time_shift=0.2, gain_db=3.0)
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory):
+    root = tmp_path_factory.mktemp("streams") / "ds"
+    make_dataset(root, n=22, num_shards=3, seconds=1.0)
+    return root
+
+
+def train_stream(records, **kw):
+    cfg = DataConfig(batch_size=4, num_samples=30, **kw)
+    return TrainStream(records, 5, cfg, FEAT, AUG, 11, 0, 1, CPU)
+
+
+def test_resume_mid_epoch_reproduces_following_batches(ds):
+    records = load_records(str(ds))[0]
+    full = train_stream(records)
+    full.set_epoch(1)
+    expected = list(full)
+    assert len(expected) == len(full) == 8
+    first = train_stream(records)
+    first.set_epoch(1)
+    it = iter(first)
+    for _ in range(3):
+        next(it)
+    sd = first.state_dict()
+    assert sd["position"] == 3 and sd["epoch"] == 1
+    resumed = train_stream(records)
+    resumed.load_state_dict(sd)
+    resumed.set_epoch(1)  # the loop sets the epoch again; the position survives
+    rest = list(resumed)
+    assert len(rest) == 5
+    for a, b in zip(expected[3:], rest):
+        assert a["keys"] == b["keys"]
+        assert torch.equal(a["features"], b["features"]) and torch.equal(a["labels"], b["labels"])
+    assert list(resumed) == []  # the epoch is consumed
+    resumed.set_epoch(2)
+    assert [b["keys"] for b in resumed] != [b["keys"] for b in expected]
+
+
+def test_eval_covers_every_key_once_over_one_and_two_ranks(ds):
+    records = load_records(str(ds))[0]
+    cfg = DataConfig(eval_batch_size=4)
+    one = [k for b in EvalStream(records, 5, cfg, FEAT, 0, 1, CPU) for k in b["keys"]]
+    two = [[k for b in EvalStream(records, 5, cfg, FEAT, r, 2, CPU) for k in b["keys"]] for r in range(2)]
+    assert sorted(one) == sorted(r.key for r in records) and len(set(one)) == len(one)
+    assert sorted(two[0] + two[1]) == sorted(one)
+    assert len(EvalStream(records, 5, cfg, FEAT, 0, 2, CPU)) == len(EvalStream(records, 5, cfg, FEAT, 1, 2, CPU))
+
+
+SCRIPT = """
+import json, sys, torch
+from accelerate import Accelerator
+from trainer.config import AugmentConfig, DataConfig, FeatureConfig
+from trainer.data.datasets import load_records
+from trainer.data.streams import EvalStream, TrainStream
+acc = Accelerator()
+records = load_records(sys.argv[1])[0]
+feat = FeatureConfig(frontend="mel64", clip_seconds=1.0)
+cfg = DataConfig(batch_size=3, eval_batch_size=4, num_samples=20)
+r, w = acc.process_index, acc.num_processes
+train = TrainStream(records, 5, cfg, feat, AugmentConfig(), 3, r, w, acc.device)
+train.set_epoch(2)
+out = {"world": w, "len": len(train), "train": [b["keys"] for b in train],
+       "eval": [b["keys"] for b in EvalStream(records, 5, cfg, feat, r, w, acc.device)]}
+json.dump(out, open(f"{sys.argv[2]}/rank{r}.json", "w"))
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_real_processes(ds, tmp_path):
+    script = tmp_path / "keys.py"
+    script.write_text(SCRIPT)
+    env = dict(os.environ, ACCELERATE_USE_CPU="true", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    accelerate = Path(sys.executable).with_name("accelerate")
+    subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port",
+                    str(free_port()), str(script), str(ds), str(tmp_path)], env=env, check=True, timeout=180,
+                   cwd=REPO)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["world"] for r in ranks] == [2, 2]
+    assert ranks[0]["len"] == ranks[1]["len"] == len(ranks[0]["train"]) == len(ranks[1]["train"]) == 4
+    # the two ranks read disjoint slices of the single-process sequence
+    records = load_records(str(ds))[0]
+    single = TrainStream(records, 5, DataConfig(batch_size=3, num_samples=24), FEAT, AugmentConfig(), 3, 0, 1, CPU)
+    single.set_epoch(2)
+    seq = [records[i].key for b in single.batches() for i in b]
+    interleaved = [k for pair in zip(sum(ranks[0]["train"], []), sum(ranks[1]["train"], [])) for k in pair]
+    assert interleaved == seq
+    evals = sum(ranks[0]["eval"], []) + sum(ranks[1]["eval"], [])
+    assert sorted(evals) == sorted(r.key for r in records)
+
+
+def test_corrupt_member_names_shard_and_key(tmp_path):
+    make_dataset(tmp_path / "bad", n=6, num_shards=2, seconds=0.5, corrupt=("ds00003",))
+    records = load_records(str(tmp_path / "bad"))[0]
+    ev = EvalStream(records, 5, DataConfig(eval_batch_size=3), FEAT, 0, 1, CPU)
+    with pytest.raises(RuntimeError, match=r"ds00003.*ds-000001\.tar"):
+        list(ev)
+
+
+def test_missing_shard_and_index(tmp_path):
+    make_dataset(tmp_path / "d", n=6, num_shards=2, seconds=0.3)
+    (tmp_path / "d" / "ds-000001.tar.idx").unlink()
+    with pytest.raises(FileNotFoundError, match=r"ds-000001\.tar\.idx"):
+        load_records(str(tmp_path / "d"))
+    (tmp_path / "d" / "ds-000000.tar").unlink()
+    with pytest.raises(FileNotFoundError, match=r"ds-000000\.tar"):
+        load_records(str(tmp_path / "d"))
+
+
+def test_patterns_holdout_and_vocabulary(tmp_path):
+    make_dataset(tmp_path / "a", n=30, num_shards=3, seconds=0.3)
+    make_dataset(tmp_path / "b", n=10, num_shards=2, seconds=0.3, prefix="bb")
+    recs = load_records(str(tmp_path / "a" / "ds-{000000..000001}.tar"))[0]
+    assert {Path(r.shard).name for r in recs} == {"ds-000000.tar", "ds-000001.tar"} and len(recs) == 20
+    assert all(Path(r.shard).is_absolute() for r in recs)
+    with pytest.raises(FileNotFoundError, match=r"missing shard .*ds-000006\.tar"):
+        load_records(str(tmp_path / "a" / "ds-{000006..000007}.tar"))
+    splits = resolve_splits(DataConfig(train=[str(tmp_path / "a"), str(tmp_path / "b")], valid_fraction=0.3))
+    assert len(splits.train) + len(splits.valid) == 40 and 0 < len(splits.valid) < 25
+    assert all(in_holdout(r.key, 0.3) for r in splits.valid)
+    assert splits.feature_config(FeatureConfig()).norm_mean == -5.0
+    make_dataset(tmp_path / "c", n=4, num_shards=1, seconds=0.3, num_classes=7)
+    with pytest.raises(ValueError, match="vocabulary"):
+        resolve_splits(DataConfig(train=[str(tmp_path / "a"), str(tmp_path / "c")]))
