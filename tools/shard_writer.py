@@ -112,7 +112,18 @@ def read_index(path: str | Path) -> list[list[Member]]:
     return samples
 
 
-def scan_tar(path: str | Path) -> list[Member]:
-    """Every regular member of a tar with its data offset and size (raises tarfile.TarError if corrupt)."""
-    with tarfile.open(path, "r:") as tar:
-        return [Member(m.name, m.offset_data, m.size) for m in tar.getmembers() if m.isreg()]
+def scan_tar(path: str | Path) -> tuple[list[Member], str | None]:
+    """Every regular member of a tar with its data offset and size, read until the first error.
+
+    Returns the members read and the error (None for a sound tar), so a checker can name the
+    member where a truncated or corrupt tar breaks off.
+    """
+    members: list[Member] = []
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for m in tar:
+                if m.isreg():
+                    members.append(Member(m.name, m.offset_data, m.size))
+    except (tarfile.TarError, EOFError) as e:
+        return members, str(e)
+    return members, None

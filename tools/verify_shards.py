@@ -10,7 +10,6 @@ import argparse
 import collections
 import json
 import sys
-import tarfile
 from pathlib import Path
 from typing import Iterable
 
@@ -25,12 +24,12 @@ def _check_tar(tar: Path, records: list[ShardRecord]) -> tuple[list[str], int]:
     """Problems found in one shard, and the number of samples it holds."""
     problems: list[str] = []
     say = problems.append
-    try:
-        members = scan_tar(tar)
-    except (tarfile.TarError, OSError, EOFError) as e:
-        return [f"{tar.name}: unreadable tar: {e}"], 0
+    members, error = scan_tar(tar)
+    if error:
+        at = f"{split_name(members[-1].name)[0]}: unreadable tar after {members[-1].name}" if members else "unreadable tar"
+        say(f"{tar.name}: {at}: {error}")
     if not members:
-        return [f"{tar.name}: no members"], 0
+        return problems or [f"{tar.name}: no members"], 0
     # tarfile stops quietly at a truncation on a block boundary; a finished tar ends in two zero blocks.
     end = max(m.offset + -(-m.size // TAR_BLOCK) * TAR_BLOCK for m in members)
     with open(tar, "rb") as f:
