@@ -96,7 +96,8 @@ def _check_tar(tar: Path, records: list[ShardRecord]) -> tuple[list[str], int]:
                 say(f"{idx.name}: indexes {len(indexed)} samples, {tar.name} has {len(actual)}")
             for line, (a, b) in enumerate(zip(indexed, actual), 2):
                 if a != b:
-                    say(f"{idx.name}:{line}: {split_name(b[0].name)[0]}: index entry {a} != tar {b}")
+                    fmt = lambda ms: " ".join(f"{m.name}@{m.offset}+{m.size}" for m in ms)  # noqa: E731
+                    say(f"{idx.name}:{line}: {split_name(b[0].name)[0]}: index has {fmt(a)}, tar has {fmt(b)}")
     return problems, len(samples)
 
 
