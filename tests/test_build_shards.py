@@ -6,7 +6,10 @@ import filecmp
 import io
 import json
 import shutil
+import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +67,17 @@ def test_resampled_stereo_is_mono_mean(tmp_path):
     assert x.shape == (16000,)
     t16 = np.arange(16000) / 16000
     np.testing.assert_allclose(x[1000:-1000], 0.3 * np.sin(2 * np.pi * 440 * t16)[1000:-1000], atol=1e-3)
+
+
+@pytest.mark.parametrize("fmt,subtype,sr", [("MP3", "MPEG_LAYER_III", 44100), ("WAV", "PCM_24", 48000),
+                                            ("OGG", "VORBIS", 22050), ("FLAC", "PCM_16", 8000)])
+def test_other_formats_load_as_16k_mono(tmp_path, fmt, subtype, sr):
+    path = tmp_path / f"x.{fmt.lower()}"
+    t = np.arange(2 * sr) / sr
+    sf.write(path, np.stack([0.3 * np.sin(2 * np.pi * 300 * t)] * 2, 1), sr, format=fmt, subtype=subtype)
+    x = load_audio(path)
+    assert abs(len(x) - 32000) <= 1200  # MP3 adds encoder padding
+    assert 0.15 < np.sqrt(np.mean(x[4000:-4000] ** 2)) < 0.25  # the tone survives: RMS of 0.3 sine is 0.21
 
 
 def test_tar_members_are_deterministic_and_index_matches_wds2idx(built_shards, tmp_path):
@@ -232,6 +246,24 @@ def test_resume_after_interruption_gives_identical_shards(synthetic_dir, tmp_pat
 
     with pytest.raises(SystemExit, match="other inputs or options"):
         bs.build(_opts(synthetic_dir, killed.out, shard_samples=5), progress=False)
+
+
+def test_resume_after_sigkill_gives_identical_shards(synthetic_dir, tmp_path):
+    ref = _opts(synthetic_dir, tmp_path / "ref" / "ds", shard_samples=4)
+    bs.build(ref, progress=False)
+    out = tmp_path / "killed" / "ds"
+    cmd = [sys.executable, "-m", "tools.build_shards", str(ref.source), "--out", str(out), "--labels",
+           str(ref.labels), "--workers", "1", "--shard-samples", "4", "--no-progress"]
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(cmd, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not (out / "ds-000002.tar").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait()
+    assert not (out / "ds-000009.tar").exists(), "the build finished before it could be killed"
+    assert subprocess.run(cmd, cwd=repo, capture_output=True).returncode == 0
+    _assert_same_dataset(ref.out, out)
 
 
 def test_two_workers_equal_one(synthetic_dir, tmp_path):
