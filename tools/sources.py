@@ -80,12 +80,12 @@ def read_audioset_csv(csv_path: Path, audio_dir: Path, vocab: Vocabulary) -> lis
                 raise ValueError(f"{csv_path}: row {row!r} has {len(row)} fields, expected YTID,start,end,labels")
             ytid, start, end, labels = row[0], row[1], row[2], row[3]
             try:
-                ms = f"{float(start):.3f}_{float(end):.3f}"
+                span = f"{float(start):.3f}_{float(end):.3f}"
             except ValueError:
                 raise ValueError(f"{csv_path}: row {row!r}: start/end are not numbers") from None
-            key, path = make_key(f"{ytid}_{ms}"), None
+            key, path = make_key(f"{ytid}_{span}"), None
             # Name forms in use: PSL's {YTID}_{start}_{end}, PANNs' Y{YTID}, plain {YTID}.
-            for stem, stem_key in ((f"{ytid}_{start}_{end}", None), (f"{ytid}_{ms}", None),
+            for stem, stem_key in ((f"{ytid}_{start}_{end}", None), (f"{ytid}_{span}", None),
                                    (f"Y{ytid}", make_key(ytid)), (ytid, None)):
                 if stem in files:
                     path, key = files[stem], stem_key or make_key(stem)
