@@ -1,0 +1,194 @@
+"""Loader throughput: this DALI pipeline next to the loaders it replaces, on the same clips and cores.
+
+    .venv/bin/python benchmarks/loader.py [--clips 160] [--epochs 3]
+
+Loaders (each run in a fresh subprocess, so peak RSS is its own, DataLoader workers included):
+  dali   TrainStream (PSLA sampling, SpecAugment 48/192, feature mixup 0.5) — ours
+  psla   as PSLA runs it: per-file wav read, torchaudio kaldi fbank, in-Dataset waveform mixup at rate
+         0.5 (a second wav read), SpecAugment, torch DataLoader with `threads` workers
+  wds    webdataset over the same tar shards + torch DataLoader + torchaudio features
+  floor  tar read + FLAC decode only (DataLoader with `threads` workers), no features
+for both front-ends at 1 and 2 threads. Prints a table and writes benchmarks/results/loader.json.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.shardkit import make_dataset  # noqa: E402
+from trainer.config import AugmentConfig, DataConfig, FeatureConfig  # noqa: E402
+from trainer.data.datasets import load_records  # noqa: E402
+
+BATCH = 16
+LOADERS = ("dali", "psla", "wds", "floor")
+
+
+def torchaudio_features(wave: torch.Tensor, frontend: str) -> torch.Tensor:
+    import torchaudio
+
+    if frontend == "kaldi_fbank":
+        fb = torchaudio.compliance.kaldi.fbank(wave[None] - wave.mean(), htk_compat=True, use_energy=False,
+                                               window_type="hanning", num_mel_bins=128, dither=0.0, frame_shift=10)
+        fb = torch.nn.functional.pad(fb, (0, 0, 0, max(0, 1056 - fb.shape[0])))[:1056]
+        return ((fb - (-4.6476)) / 4.5699).T
+    mel = torchaudio.transforms.MelSpectrogram(16000, n_fft=512, win_length=512, hop_length=160, n_mels=64)
+    return torchaudio.transforms.AmplitudeToDB(top_db=120)(mel(wave[None]))[0]
+
+
+def fit(wave: np.ndarray, n: int = 160000) -> torch.Tensor:
+    w = torch.from_numpy(wave[:n])
+    return torch.nn.functional.pad(w, (0, n - len(w)))
+
+
+class PslaDataset(torch.utils.data.Dataset):
+    """PSLA's AudiosetDataset, reduced to its data path."""
+
+    def __init__(self, wavs: list[str], frontend: str) -> None:
+        import torchaudio
+
+        self.wavs, self.frontend = wavs, frontend
+        self.freqm = torchaudio.transforms.FrequencyMasking(48)
+        self.timem = torchaudio.transforms.TimeMasking(192)
+
+    def __len__(self) -> int:
+        return len(self.wavs)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        wave = fit(sf.read(self.wavs[i], dtype="float32")[0])
+        if np.random.random() < 0.5:  # waveform mixup with a random clip
+            other = fit(sf.read(self.wavs[np.random.randint(len(self.wavs))], dtype="float32")[0])
+            lam = np.random.beta(10, 10)
+            wave = lam * wave + (1 - lam) * other
+        x = torchaudio_features(wave, self.frontend)
+        return self.timem(self.freqm(x[None]))[0]
+
+
+class ShardFloor(torch.utils.data.Dataset):
+    """Tar read + FLAC decode and nothing else."""
+
+    def __init__(self, records: list) -> None:
+        self.records = records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        r = self.records[i]
+        with open(r.shard, "rb") as f:
+            f.seek(r.offset)
+            return fit(sf.read(io.BytesIO(f.read(r.size)), dtype="float32")[0])
+
+
+def wds_loader(shards: list[str], frontend: str, threads: int) -> torch.utils.data.DataLoader:
+    import webdataset as wds
+
+    def features(sample: dict) -> torch.Tensor:
+        return torchaudio_features(fit(sf.read(io.BytesIO(sample["flac"]), dtype="float32")[0]), frontend)
+
+    ds = wds.WebDataset(shards, shardshuffle=False, empty_check=False).map(features)
+    return torch.utils.data.DataLoader(ds, batch_size=BATCH, num_workers=threads)
+
+
+def run_one(loader: str, frontend: str, threads: int, data: Path, epochs: int) -> dict:
+    """One configuration in this process: clips/s over ``epochs`` passes (after one warm-up batch)."""
+    torch.set_num_threads(threads)
+    records = load_records(str(data / "shards"))[0]
+    n = len(records)
+    if loader == "dali":
+        from trainer.data.streams import TrainStream
+
+        cfg = DataConfig(batch_size=BATCH, num_threads=threads, prefetch=2)
+        aug = AugmentConfig(freqm=48, timem=192, mixup=0.5)
+        stream = TrainStream(records, 5, cfg, FeatureConfig(frontend=frontend), aug, 0, 0, 1, torch.device("cpu"))
+
+        def epoch(e: int):
+            stream.set_epoch(e)
+            return (b["features"] for b in stream)
+    else:
+        if loader == "psla":
+            ds = PslaDataset(sorted(str(p) for p in (data / "wav").glob("*.wav")), frontend)
+        elif loader == "floor":
+            ds = ShardFloor(records)
+        dl = wds_loader(sorted({r.shard for r in records}), frontend, threads) if loader == "wds" else \
+            torch.utils.data.DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=threads,
+                                        persistent_workers=True)
+
+        def epoch(e: int):
+            return iter(dl)
+    it = epoch(0)
+    next(it)  # warm-up: pipeline build, worker start
+    clips, start = 0, time.perf_counter()
+    for x in it:
+        clips += x.shape[0]
+    for e in range(1, epochs):
+        for x in epoch(e):
+            clips += x.shape[0]
+    elapsed = time.perf_counter() - start
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {"loader": loader, "frontend": frontend, "threads": threads, "clips": clips, "n": n,
+            "clips_per_s": clips / elapsed, "peak_rss_mb": rss / 1024}
+
+
+def prepare(data: Path, clips: int) -> None:
+    """Same clips for everyone: ~10 s FLAC shards with manifest, and wav copies for the PSLA loader."""
+    records = make_dataset(data / "shards", n=clips, num_shards=4, seconds=10.0)
+    (data / "wav").mkdir()
+    for r in records:
+        with open(data / "shards" / r.shard, "rb") as f:
+            f.seek(r.offset)
+            wave, sr = sf.read(io.BytesIO(f.read(r.size)), dtype="int16")
+        sf.write(data / "wav" / f"{r.key}.wav", wave, sr, subtype="PCM_16")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--clips", type=int, default=160)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--one", nargs=4, metavar=("LOADER", "FRONTEND", "THREADS", "DATA"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        loader, frontend, threads, data = args.one
+        print(json.dumps(run_one(loader, frontend, int(threads), Path(data), args.epochs)))
+        return
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp)
+        prepare(data, args.clips)
+        for frontend in ("kaldi_fbank", "mel64"):
+            for threads in (1, 2):
+                for loader in LOADERS:
+                    out = subprocess.run([sys.executable, __file__, "--epochs", str(args.epochs), "--one", loader,
+                                          frontend, str(threads), str(data)], capture_output=True, text=True,
+                                         check=True)
+                    results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+                    print(f"{frontend:12s} threads={threads} {loader:6s} {results[-1]['clips_per_s']:8.1f} clips/s "
+                          f"peak RSS {results[-1]['peak_rss_mb']:7.0f} MB", flush=True)
+    print("\nfrontend     thr   dali    psla     wds   floor   dali/psla dali/wds")
+    for frontend in ("kaldi_fbank", "mel64"):
+        for threads in (1, 2):
+            r = {x["loader"]: x["clips_per_s"] for x in results if (x["frontend"], x["threads"]) == (frontend, threads)}
+            print(f"{frontend:12s} {threads:3d} {r['dali']:6.1f} {r['psla']:7.1f} {r['wds']:7.1f} {r['floor']:7.1f}"
+                  f" {r['dali'] / r['psla']:9.2f}x {r['dali'] / r['wds']:7.2f}x")
+    out = REPO / "benchmarks" / "results" / "loader.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"clips": args.clips, "epochs": args.epochs, "batch_size": BATCH, "cores": 2,
+                               "results": results}, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
