@@ -72,3 +72,13 @@ def save_weights(state_dict: dict[str, torch.Tensor], path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(state_dict, tmp)
     os.replace(tmp, path)
+
+
+def weights_path(path: str | Path) -> Path:
+    """A weights file, or a run directory standing for its best single model."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "models" / "best.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such weights file; did that run finish training?")
+    return path

@@ -281,6 +281,9 @@ def _validate(cfg: Config, check_paths: bool) -> None:
     for key, v in positive.items():
         if v <= 0:
             raise ConfigError(f"{key}: must be positive, got {v}")
+    if not 1 <= cfg.train.wa_start <= (cfg.train.wa_end or cfg.optim.epochs) <= cfg.optim.epochs:
+        raise ConfigError(f"train.wa_start/wa_end: need 1 <= wa_start <= wa_end <= optim.epochs, got "
+                          f"{cfg.train.wa_start}, {cfg.train.wa_end}, {cfg.optim.epochs}")
     if not 0.0 <= cfg.psl.alpha <= 1.0:
         raise ConfigError(f"psl.alpha: must be in [0, 1], got {cfg.psl.alpha}")
     if not 0.0 <= cfg.augment.mixup <= 1.0:

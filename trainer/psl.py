@@ -7,7 +7,6 @@ in the training precision.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Optional
 
 import torch
@@ -85,11 +84,3 @@ def psl_loss(batch: ChunkBatch, alpha: float) -> torch.Tensor:
         return weak
     pseudo = F.binary_cross_entropy(batch.student, batch.teacher)
     return alpha * pseudo + (1.0 - alpha) * weak
-
-
-def teacher_weights_path(run_dir: str | Path) -> Path:
-    """The teacher of a PSL run is the best single checkpoint of an earlier run."""
-    path = Path(run_dir) / "models" / "best.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: the teacher run has no best checkpoint; did it finish training?")
-    return path

@@ -1,0 +1,293 @@
+"""Train an audio tagger with the PSLA recipe, optionally from inline pseudo strong labels.
+
+    accelerate launch trainer/run.py configs/full_as.yaml [dotted.key=value ...]
+
+The story: build the data streams, build the models, train epoch by epoch (evaluating and checkpointing
+after each), then write the best single model, the weight-averaged model and the checkpoint ensemble.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm import tqdm
+
+from trainer import results
+from trainer.averaging import average_state_dicts
+from trainer.checkpointing import find_checkpoint, load_checkpoint, save_checkpoint, save_weights, weights_path
+from trainer.config import Config, ConfigError, load_config
+from trainer.data.datasets import resolve_splits
+from trainer.data.features import feature_dim, frames_per_second
+from trainer.data.manifest import VOCABULARY
+from trainer.data.streams import EvalStream, TrainStream
+from trainer.data.strong_labels import load_strong_labels
+from trainer.ensemble import mean_predictions
+from trainer.evaluate import Predictions, predict_chunks, predict_clips
+from trainer.models import build_model, load_weights
+from trainer.optim import build_optimizer, build_scheduler
+from trainer.psl import ChunkedTeacherStudent, psl_loss
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("config", help="YAML config, e.g. configs/demo.yaml")
+    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. optim.lr=1e-4")
+    return p.parse_args(argv)
+
+
+def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
+    """Per-step torch seed (dropout, chunk picks): a resumed run replays the same randomness."""
+    return (seed * 1_000_003 + epoch * 10_007 + step * 101 + rank) % (2**63)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    run_dir = cfg.run_dir
+    precision = cfg.train.precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() else "no"
+    accelerator = Accelerator(
+        mixed_precision=precision,
+        gradient_accumulation_steps=cfg.optim.grad_accum,
+        step_scheduler_with_optimizer=False,  # the schedule counts optimizer steps, whatever the world size
+        log_with=cfg.train.trackers or None,
+        project_dir=str(run_dir),
+    )
+    set_seed(cfg.run.seed)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / "config.yaml")
+        accelerator.init_trackers(cfg.run.name, config=_flat(cfg.to_dict()))
+    accelerator.wait_for_everyone()
+    log = accelerator.print
+
+    # ---- 1. Data -------------------------------------------------------------------------------
+    data = resolve_splits(cfg.data)
+    vocab = data.vocab
+    if accelerator.is_main_process:
+        vocab.save(run_dir / VOCABULARY)
+    features = data.feature_config(cfg.features)  # normalisation stats from dataset.json where unset
+    stream_args = dict(vocab_size=len(vocab), data_cfg=cfg.data, feat_cfg=features, rank=rank,
+                       world_size=world, device=accelerator.device)
+    train = TrainStream(data.train, aug_cfg=cfg.augment, seed=cfg.run.seed, **stream_args)
+    splits = {"valid": EvalStream(data.valid, **stream_args)}
+    if data.eval:
+        splits["eval"] = EvalStream(data.eval, **stream_args)
+    result_split = "eval" if "eval" in splits else "valid"
+    strong = load_strong_labels(cfg.data.strong_labels, vocab) if cfg.data.strong_labels else None
+    steps_per_epoch = min(len(train), cfg.train.steps_per_epoch or len(train))
+    log(f"data: {len(data.train)} train, {len(data.valid)} valid, {len(data.eval)} eval clips; "
+        f"{len(vocab)} classes; {steps_per_epoch} steps/epoch on each of {world} processes")
+
+    # ---- 2. Models -----------------------------------------------------------------------------
+    n_mels = feature_dim(cfg.features.frontend)
+    fps = frames_per_second(cfg.features.frontend)
+    model = build_model(cfg.model, len(vocab), n_mels)
+    if cfg.model.init:
+        load_weights(model, weights_path(cfg.model.init))
+    chunker = None
+    if cfg.psl.chunk_seconds is not None:
+        teacher = build_teacher(cfg, len(vocab), n_mels, accelerator.device)
+        chunk_frames = round(cfg.psl.chunk_seconds * fps)
+        hop_frames = round((cfg.psl.chunk_hop or cfg.psl.chunk_seconds) * fps)
+        chunker = ChunkedTeacherStudent(teacher, chunk_frames, hop_frames, cfg.psl.chunks_per_clip)
+    optimizer = build_optimizer(model.parameters(), cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, math.ceil(steps_per_epoch / cfg.optim.grad_accum))
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    log(f"model: {cfg.model.name}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters"
+        + (f"; teacher from {cfg.psl.teacher}, alpha {cfg.psl.alpha}" if cfg.psl.teacher else ""))
+
+    # ---- 3. Resume -----------------------------------------------------------------------------
+    progress = {"epoch": 0, "step": 0, "global_step": 0}
+    checkpoint = find_checkpoint(cfg.run.resume, run_dir)
+    if checkpoint is not None:
+        progress = load_checkpoint(accelerator, checkpoint)
+        log(f"resumed from {checkpoint}: epoch {progress['epoch'] + 1}, step {progress['step']}")
+    if accelerator.is_main_process:
+        results.truncate_rows(run_dir / "metrics.csv", progress["epoch"])
+        results.truncate_rows(run_dir / "steps.csv", progress["global_step"])
+
+    # ---- 4. Train ------------------------------------------------------------------------------
+    global_step = progress["global_step"]
+    for epoch in range(progress["epoch"], cfg.optim.epochs):
+        model.train()
+        train.set_epoch(epoch)
+        if progress["epoch"] == epoch and progress["step"]:
+            train.load_state_dict(progress["stream"])
+        first = progress["step"] if progress["epoch"] == epoch else 0
+        losses, clips, started = [], 0, time.perf_counter()
+        bar = tqdm(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
+                   disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+        for step, batch in enumerate(train, start=first):
+            if step >= steps_per_epoch:
+                break
+            torch.manual_seed(step_seed(cfg.run.seed, epoch, step, rank))
+            with accelerator.accumulate(model):
+                loss = training_loss(model, chunker, batch, cfg, accelerator)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.optim.grad_clip:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                optimizer.step()
+                if accelerator.sync_gradients:
+                    scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            global_step += 1
+            mean_loss = accelerator.reduce(loss.detach(), "mean").item()
+            losses.append(mean_loss)
+            clips += len(batch["keys"]) * world
+            rate = clips / (time.perf_counter() - started)
+            bar.update(1)
+            bar.set_postfix(loss=f"{mean_loss:.4f}", clips_s=f"{rate:.1f}")
+            if accelerator.is_main_process:
+                lr = optimizer.param_groups[0]["lr"]
+                results.append_row(run_dir / "steps.csv", {"epoch": epoch + 1, "step": step + 1,
+                                                           "global_step": global_step, "loss": mean_loss, "lr": lr})
+                if global_step % cfg.train.log_every == 0:
+                    accelerator.log({"train/loss": mean_loss, "train/lr": lr, "train/clips_per_s": rate},
+                                    step=global_step)
+            if cfg.train.save_every_steps and global_step % cfg.train.save_every_steps == 0 \
+                    and step + 1 < steps_per_epoch:
+                save_checkpoint(accelerator, run_dir, global_step, {
+                    "epoch": epoch, "step": step + 1, "global_step": global_step, "stream": train.state_dict()})
+            if cfg.train.stop_after_steps and global_step >= cfg.train.stop_after_steps:
+                log(f"stopping abruptly after step {global_step} (train.stop_after_steps)")
+                return {}
+        bar.close()
+        epoch_row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                     "lr": optimizer.param_groups[0]["lr"], "clips_per_s": clips / (time.perf_counter() - started)}
+
+        # Evaluate this epoch's weights on every split; keep predictions for selection and ensembles.
+        unwrapped = accelerator.unwrap_model(model)
+        for split, stream in splits.items():
+            preds = predict_clips(unwrapped, stream, accelerator)
+            m = preds.metrics(list(vocab.names))
+            epoch_row.update({f"{split}_mAP": m["mAP"], f"{split}_mAUC": m["mAUC"], f"{split}_dprime": m["dprime"]})
+            if accelerator.is_main_process:
+                preds.save(_prediction_path(run_dir, split, f"epoch_{epoch + 1}"))
+        log("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in epoch_row.items()))
+        if accelerator.is_main_process:
+            results.append_row(run_dir / "metrics.csv", epoch_row)
+            results.plot_curves(run_dir / "metrics.csv", run_dir / "curves.png")
+            accelerator.log({f"epoch/{k}": v for k, v in epoch_row.items()}, step=global_step)
+            save_weights(unwrapped.state_dict(), run_dir / "models" / f"epoch_{epoch + 1}.pt")
+        save_checkpoint(accelerator, run_dir, global_step, {
+            "epoch": epoch + 1, "step": 0, "global_step": global_step, "stream": train.state_dict()})
+
+    # ---- 5. Best single model, weight averaging, checkpoint ensemble ---------------------------
+    summary = finish(cfg, accelerator, accelerator.unwrap_model(model), splits, result_split, vocab, strong,
+                     chunker, fps)
+    accelerator.end_training()
+    return summary
+
+
+def training_loss(model: torch.nn.Module, chunker: ChunkedTeacherStudent | None, batch: dict, cfg: Config,
+                  accelerator: Accelerator) -> torch.Tensor:
+    if chunker is None:
+        with accelerator.autocast():
+            probs, _ = model(batch["features"])
+        return F.binary_cross_entropy(probs.float(), batch["labels"])
+    chunks = chunker(model, batch["features"], batch["labels"], autocast=accelerator.autocast)
+    return psl_loss(chunks, cfg.psl.alpha if cfg.psl.teacher else 0.0)
+
+
+def build_teacher(cfg: Config, num_classes: int, n_mels: int, device: torch.device) -> torch.nn.Module | None:
+    """The frozen teacher of a PSL run: its model config comes from its own run; its features must be ours."""
+    if cfg.psl.teacher is None:
+        return None
+    teacher_cfg = load_config(Path(cfg.psl.teacher) / "config.yaml", check_paths=False)
+    if teacher_cfg.features != cfg.features:
+        raise ConfigError(f"psl.teacher: {cfg.psl.teacher} was trained on features {teacher_cfg.features}, "
+                          f"this run uses {cfg.features}; the teacher would label features it never saw")
+    teacher_vocab = Path(cfg.psl.teacher) / VOCABULARY
+    if sum(1 for _ in open(teacher_vocab)) - 1 != num_classes:
+        raise ConfigError(f"psl.teacher: {teacher_vocab} has a different number of classes than the data")
+    teacher = build_model(teacher_cfg.model, num_classes, n_mels)
+    load_weights(teacher, weights_path(cfg.psl.teacher))
+    return teacher.to(device)
+
+
+def finish(cfg: Config, accelerator: Accelerator, model: torch.nn.Module, splits: dict, result_split: str,
+           vocab, strong, chunker: ChunkedTeacherStudent | None, fps: float) -> dict:
+    run_dir = cfg.run_dir
+    names = list(vocab.names)
+    rows = results.read_rows(run_dir / "metrics.csv")
+    epochs = [int(r["epoch"]) for r in rows]
+    select = cfg.data.select_on
+    best_epoch = epochs[int(np.argmax([float(r[f"{select}_mAP"]) for r in rows]))]
+    summary = {"selected_on": select, "best_epoch": best_epoch, "result_split": result_split}
+
+    best = Predictions.load(_prediction_path(run_dir, result_split, f"epoch_{best_epoch}"))
+    summary["best_single"] = results.scalar_metrics(best.metrics(names))
+
+    wa_end = cfg.train.wa_end or cfg.optim.epochs
+    wa_epochs = [e for e in epochs if cfg.train.wa_start <= e <= wa_end]
+    wa_state = average_state_dicts([run_dir / "models" / f"epoch_{e}.pt" for e in wa_epochs])
+    model.load_state_dict(wa_state)
+    wa = predict_clips(model, splits[result_split], accelerator)
+    summary["weight_averaged"] = {"epochs": [wa_epochs[0], wa_epochs[-1]], **results.scalar_metrics(wa.metrics(names))}
+
+    members = [Predictions.load(_prediction_path(run_dir, result_split, f"epoch_{e}")) for e in epochs]
+    keys, probs = mean_predictions([(p.keys, p.probs) for p in members])
+    ensemble = Predictions(keys, probs, members[0].targets)
+    summary["checkpoint_ensemble"] = {"epochs": len(members), **results.scalar_metrics(ensemble.metrics(names))}
+
+    if strong is not None:
+        chunk_frames = round(cfg.data.eval_chunk_seconds * fps)
+        summary["chunk_seconds"] = chunk_frames / fps
+        stream = splits[result_split]
+        model.load_state_dict(torch.load(run_dir / "models" / f"epoch_{best_epoch}.pt", weights_only=True))
+        for name, m in (("best_single", model),) + ((("teacher", chunker.teacher),) if chunker and chunker.teacher else ()):
+            preds = predict_chunks(m, stream, accelerator, strong, chunk_frames, fps)
+            if preds is not None:
+                summary.setdefault("chunk_level", {})[name] = results.scalar_metrics(preds.metrics(names))
+
+    if accelerator.is_main_process:
+        models = run_dir / "models"
+        shutil.copyfile(models / f"epoch_{best_epoch}.pt", models / "best.pt")
+        save_weights(wa_state, models / "wa.pt")
+        best.save(_prediction_path(run_dir, result_split, "best"))
+        wa.save(_prediction_path(run_dir, result_split, "wa"))
+        ensemble.save(_prediction_path(run_dir, result_split, "ensemble"))
+        results.write_result(run_dir / "best_single_result.csv", best.metrics(names))
+        results.write_result(run_dir / "wa_result.csv", wa.metrics(names))
+        results.write_result(run_dir / "ensemble_result.csv", ensemble.metrics(names))
+        results.write_per_class(run_dir / "best_single_per_class_ap.csv", best.metrics(names))
+        results.write_summary(run_dir / "summary.json", summary)
+        accelerator.print(json.dumps(summary, indent=2))
+    accelerator.wait_for_everyone()
+    return summary
+
+
+def _prediction_path(run_dir: Path, split: str, tag: str) -> Path:
+    path = run_dir / "predictions" / f"{split}_{tag}.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except ConfigError as e:
+        sys.exit(f"config error: {e}")
