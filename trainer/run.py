@@ -66,20 +66,19 @@ def main(argv: list[str] | None = None) -> dict:
     )
     set_seed(cfg.run.seed)
     rank, world = accelerator.process_index, accelerator.num_processes
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(run_dir / "config.yaml")
-        accelerator.init_trackers(cfg.run.name, config=_flat(cfg.to_dict()))
-    accelerator.wait_for_everyone()
     log = accelerator.print
 
     # ---- 1. Data -------------------------------------------------------------------------------
     data = resolve_splits(cfg.data)
     vocab = data.vocab
+    cfg.features = data.feature_config(cfg.features)  # normalisation stats from dataset.json where unset
     if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / "config.yaml")  # resolved: predict and PSL teachers rebuild the same features from it
         vocab.save(run_dir / VOCABULARY)
-    features = data.feature_config(cfg.features)  # normalisation stats from dataset.json where unset
-    stream_args = dict(vocab_size=len(vocab), data_cfg=cfg.data, feat_cfg=features, rank=rank,
+        accelerator.init_trackers(cfg.run.name, config=_flat(cfg.to_dict()))
+    accelerator.wait_for_everyone()
+    stream_args = dict(vocab_size=len(vocab), data_cfg=cfg.data, feat_cfg=cfg.features, rank=rank,
                        world_size=world, device=accelerator.device)
     train = TrainStream(data.train, aug_cfg=cfg.augment, seed=cfg.run.seed, **stream_args)
     splits = {"valid": EvalStream(data.valid, **stream_args)}
