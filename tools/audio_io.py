@@ -1,51 +1,23 @@
-"""Audio decoding, downmix, resampling and FLAC encoding for the shard builder.
+"""FLAC helpers of the shard tools, and the audio API they share with the trainer.
 
-Everything goes through libsndfile (soundfile), so any format it reads works: WAV (PCM, 24-bit,
-float), FLAC, OGG/Vorbis, MP3. Samples are stored as 16 kHz mono PCM16 FLAC, which is lossless, so a
-reader decodes exactly the int16 samples the builder wrote.
+Decoding, downmix, resampling and FLAC encoding live in :mod:`trainer.data.audio` (predict needs the
+same path) and are re-exported here for the tools; what only the tools need (reading shards back,
+checking FLAC MD5s, the extensions a source scan accepts) stays here.
 """
 from __future__ import annotations
 
 import hashlib
 import io
-from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import soxr
 
-SAMPLE_RATE = 16000
+from trainer.data.audio import SAMPLE_RATE, AudioError, encode_flac, load_audio, to_pcm16
+
+__all__ = ["SAMPLE_RATE", "AUDIO_EXTENSIONS", "AudioError", "load_audio", "to_pcm16", "encode_flac",
+           "decode_flac", "flac_md5_matches"]
+
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".w64", ".caf")
-
-
-class AudioError(ValueError):
-    """The file could not be decoded; the message names the file."""
-
-
-def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Decode ``path`` to float32 mono at ``sample_rate`` (channel mean, soxr 'VHQ' resampling)."""
-    try:
-        x, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
-        raise AudioError(f"{path}: cannot decode audio: {e}") from None
-    if x.size and not np.isfinite(x).all():
-        raise AudioError(f"{path}: audio contains NaN or infinite samples")
-    x = x.mean(axis=1)
-    if sr != sample_rate and x.size:
-        x = soxr.resample(x, sr, sample_rate, quality="VHQ")
-    return np.ascontiguousarray(x, dtype=np.float32)
-
-
-def to_pcm16(x: np.ndarray) -> np.ndarray:
-    """Float in [-1, 1] to int16, clipping (resampling can overshoot full scale slightly)."""
-    return np.clip(np.round(x * 32767.0), -32768, 32767).astype(np.int16)
-
-
-def encode_flac(pcm16: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
-    """Encode mono int16 samples as a FLAC PCM16 file in memory."""
-    buf = io.BytesIO()
-    sf.write(buf, pcm16, sample_rate, format="FLAC", subtype="PCM_16")
-    return buf.getvalue()
 
 
 def decode_flac(data: bytes) -> tuple[np.ndarray, int]:
