@@ -1,0 +1,103 @@
+"""trainer.predict on a hand-built run directory (small MobileNetV2, mel64) and generated audio files."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from trainer.config import Config, DataConfig, FeatureConfig, ModelConfig
+from trainer.data.manifest import VOCABULARY, Vocabulary
+from trainer.models import build_model
+from trainer.predict import main
+
+CLASSES = 5
+CLIP_SECONDS = 5.0  # the 12 s file spans three windows, the last one partial
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("run")
+    cfg = Config(data=DataConfig(train=["/nowhere"], eval_batch_size=4, num_threads=1),
+                 features=FeatureConfig(frontend="mel64", clip_seconds=CLIP_SECONDS),
+                 model=ModelConfig(name="mobilenetv2", width_mult=0.35))
+    cfg.save(run / "config.yaml")
+    Vocabulary(tuple(f"/m/{i}" for i in range(CLASSES)), tuple(f"Class {i}" for i in range(CLASSES))
+               ).save(run / VOCABULARY)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, CLASSES, 64)
+    head = model.classifier[1]
+    torch.nn.init.normal_(head.weight, std=0.5)  # a fresh head outputs ~0.5 everywhere; spread it out
+    head.bias.data = torch.linspace(-2.0, 2.0, CLASSES)
+    (run / "models").mkdir()
+    torch.save(model.state_dict(), run / "models" / "best.pt")
+    return run
+
+
+@pytest.fixture(scope="module")
+def audio(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("audio")
+    rng = np.random.default_rng(0)
+    t = np.arange(44100 * 3) / 44100
+    stereo = np.stack([0.3 * np.sin(2 * np.pi * 440 * t), 0.1 * rng.standard_normal(t.size)], axis=1)
+    sf.write(d / "tone.wav", stereo.astype(np.float32), 44100, subtype="FLOAT")
+    long = np.clip(0.2 * rng.standard_normal(16000 * 12), -1, 1)
+    sf.write(d / "long.flac", long, 16000, subtype="PCM_16")
+    sf.write(d / "long.wav", long, 16000, subtype="PCM_16")  # the same samples in another container
+    (d / "bad.wav").write_bytes(b"RIFF not really a wave file")
+    return {p.stem + p.suffix: p for p in d.iterdir()}
+
+
+def _check_labels(top: list[dict], k: int) -> None:
+    assert len(top) == k
+    probs = [t["prob"] for t in top]
+    assert all(0.0 <= p <= 1.0 for p in probs)
+    assert probs == sorted(probs, reverse=True)
+    assert all(t["name"] == f"Class {t['index']}" and t["mid"] == f"/m/{t['index']}" for t in top)
+
+
+def test_json_output(run_dir: Path, audio: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
+    files = [audio["tone.wav"], audio["long.flac"], audio["long.wav"]]
+    assert main(["--checkpoint", str(run_dir), "--top-k", "3", "--chunk-seconds", "2", "--json",
+                 *map(str, files)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["errors"] == [] and doc["weights"] == "best"
+    assert [f["path"] for f in doc["files"]] == list(map(str, files))
+    for f, duration in zip(doc["files"], (3.0, 12.0, 12.0)):
+        assert f["duration"] == pytest.approx(duration, abs=1e-3)
+        _check_labels(f["top"], 3)
+        spans = [(c["start"], c["end"]) for c in f["timeline"]]
+        assert spans[0][0] == 0.0 and spans[-1][1] == pytest.approx(duration, abs=1e-3)
+        assert all(a[1] == pytest.approx(b[0]) for a, b in zip(spans, spans[1:]))  # no gaps, no overlaps
+        assert all(0 < e - s <= 2.0 + 1e-6 for s, e in spans)
+        for c in f["timeline"]:
+            _check_labels(c["top"], 3)
+    # chunks restart at each 5 s window: 0-2, 2-4, 4-5 | 5-7, 7-9, 9-10 | 10-12
+    assert [c["start"] for c in doc["files"][1]["timeline"]] == [0, 2, 4, 5, 7, 9, 10]
+    assert doc["files"][1]["top"] == doc["files"][2]["top"]  # same samples, same features, any container
+
+
+def test_text_output_and_wa_missing(run_dir: Path, audio: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
+    assert main(["--checkpoint", str(run_dir), "--top-k", "2", str(audio["tone.wav"])]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{audio['tone.wav']}  (3.00 s)") and "timeline (2 s chunks):" in out
+    assert main(["--checkpoint", str(run_dir), "--weights", "wa", str(audio["tone.wav"])]) == 2
+    assert "wa.pt" in capsys.readouterr().err
+
+
+def test_bad_files_named_after_good_results(run_dir: Path, audio: dict[str, Path], tmp_path: Path) -> None:
+    missing = tmp_path / "missing.ogg"
+    proc = subprocess.run([sys.executable, "-m", "trainer.predict", "--checkpoint", str(run_dir), "--json",
+                           str(missing), str(audio["bad.wav"]), str(audio["tone.wav"])],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert [f["path"] for f in doc["files"]] == [str(audio["tone.wav"])]
+    assert [e["path"] for e in doc["errors"]] == [str(missing), str(audio["bad.wav"])]
+    assert f"{missing}: no such file" in proc.stderr
+    assert f"{audio['bad.wav']}: cannot decode audio" in proc.stderr
