@@ -8,7 +8,9 @@ device is CUDA. The order of samples is a pure function of (seed, epoch, rank) a
 """
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -55,6 +57,22 @@ class _Stream:
         self.device = torch.device(device)
         self._gpu = self.device.type == "cuda"
         self._read = ShardBytes()
+        # The CPU tail (spectrum, augmentation) gets the cores DALI's threads don't: both at full width
+        # oversubscribe, and torch's spinning OpenMP workers starve DALI (2 cores: 4× slower than 1 thread).
+        self._tail_threads = max(1, len(os.sched_getaffinity(0)) - data_cfg.num_threads)
+
+    @contextlib.contextmanager
+    def _tail(self) -> Iterator[None]:
+        """torch's intra-op threads limited for the CPU tail, the caller's setting restored after it."""
+        before = torch.get_num_threads()
+        if self._gpu or before <= self._tail_threads:
+            yield
+            return
+        torch.set_num_threads(self._tail_threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
     def _labels(self, idx: Sequence[int]) -> torch.Tensor:
         y = np.zeros((len(idx), self.vocab_size), dtype=np.float32)
@@ -74,7 +92,9 @@ class _Stream:
                     (out,) = pipe.run()
                 except Exception as e:  # DALI reports a failed decode for the whole batch
                     self._blame(batches[i:i + self.data_cfg.prefetch + 1], e)
-                yield i, self.frontend.finish(self._to_torch(out))
+                with self._tail():
+                    x = self.frontend.finish(self._to_torch(out))
+                yield i, x
         finally:
             del pipe  # stops DALI's threads and prefetching now, not at garbage collection
 
@@ -154,7 +174,8 @@ class TrainStream(_Stream):
         batches = self.batches()
         for i, x in self._features(batches, self.position):
             idx = batches[i]
-            x, y = self.augment(x, self._labels(idx), self.epoch, i)
+            with self._tail():
+                x, y = self.augment(x, self._labels(idx), self.epoch, i)
             self.position = i + 1
             yield {"features": x, "labels": y, "keys": [self.records[j].key for j in idx]}
 
