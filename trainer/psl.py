@@ -6,8 +6,9 @@ in the training precision.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, ContextManager, Optional
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +51,7 @@ class ChunkedTeacherStudent:
         student: torch.nn.Module,
         features: torch.Tensor,
         labels: torch.Tensor,
-        autocast: Callable = torch.autocast,
+        autocast: Callable[[], ContextManager] = contextlib.nullcontext,  # the loop passes accelerator.autocast
         generator: Optional[torch.Generator] = None,
     ) -> ChunkBatch:
         chunks, clip_index, _ = split_chunks(features, self.chunk_frames, self.hop_frames)
