@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-from typing import Any, Iterator, Sequence
+from collections import deque
+from typing import Any, Hashable, Iterator, Sequence
 
 import numpy as np
 import soundfile as sf
@@ -57,6 +58,8 @@ class _Stream:
         self.device = torch.device(device)
         self._gpu = self.device.type == "cuda"
         self._read = ShardBytes()
+        self._pipe: Any = None  # one DALI pipeline for the stream's life, rebuilt only when the plan changes
+        self._queued: deque[Hashable] = deque()  # keys of the batches DALI has taken and not yet returned
         # The CPU tail (spectrum, augmentation) gets the cores DALI's threads don't: both at full width
         # oversubscribe, and torch's spinning OpenMP workers starve DALI (2 cores: 4× slower than 1 thread).
         self._tail_threads = max(1, len(os.sched_getaffinity(0)) - data_cfg.num_threads)
@@ -82,29 +85,47 @@ class _Stream:
 
     def _features(self, batches: list[list[int]], start: int) -> Iterator[tuple[int, torch.Tensor]]:
         """(batch number, B × mel × frames features on the device) for ``batches[start:]``."""
-        pipe = self._pipeline(batches, start) if any(batches[start:]) else None
-        try:
-            for i in range(start, len(batches)):
-                if not batches[i]:  # an eval rank's empty last batch; DALI cannot run an empty batch
-                    yield i, torch.zeros(0, self.frontend.num_mels, self.frontend.num_frames, device=self.device)
-                    continue
-                try:
-                    (out,) = pipe.run()
-                except Exception as e:  # DALI reports a failed decode for the whole batch
-                    self._blame(batches[i:i + self.data_cfg.prefetch + 1], e)
-                with self._tail():
-                    x = self.frontend.finish(self._to_torch(out))
-                yield i, x
-        finally:
-            del pipe  # stops DALI's threads and prefetching now, not at garbage collection
+        for i in range(start, len(batches)):
+            if not batches[i]:  # an eval rank's empty last batch; DALI cannot run an empty batch
+                yield i, torch.zeros(0, self.frontend.num_mels, self.frontend.num_frames, device=self.device)
+                continue
+            out = self._run(self._key(i), batches, i)
+            with self._tail():
+                x = self.frontend.finish(self._to_torch(out))
+            yield i, x
 
-    def _pipeline(self, batches: list[list[int]], start: int) -> Any:
+    def _key(self, i: int) -> Hashable:
+        """Identity of batch ``i`` of the current pass, as the plan names it."""
+        raise NotImplementedError
+
+    def _plan(self, start: int) -> Iterator[tuple[Hashable, list[int]]]:
+        """(key, record indices) from batch ``start`` of the current pass on, running on into the passes
+        that follow, so DALI's prefetch crosses pass boundaries instead of the pipeline being rebuilt."""
+        raise NotImplementedError
+
+    def _run(self, key: Hashable, batches: list[list[int]], i: int) -> Any:
+        """DALI's output for batch ``key``: from the standing pipeline when it is the next one queued
+        (the usual case, also across epochs), else from a new pipeline planned from ``i``."""
+        if self._pipe is None or not self._queued or self._queued[0] != key:
+            self._pipe = None  # stops the old pipeline's threads and frees its prefetched batches first
+            self._queued.clear()
+            self._pipe = self._pipeline(self._plan(i))
+        try:
+            (out,) = self._pipe.run()
+        except Exception as e:  # DALI reports a failed decode for the whole batch
+            self._pipe = None
+            self._queued.clear()
+            self._blame(batches[i:i + self.data_cfg.prefetch + 1], e)
+        self._queued.popleft()
+        return out
+
+    def _pipeline(self, plan: Iterator[tuple[Hashable, list[int]]]) -> Any:
         from nvidia.dali import fn, pipeline_def, types
 
         def source() -> Iterator[list[np.ndarray]]:
-            for idx in batches[start:]:
-                if idx:
-                    yield [self._read(self.records[i]) for i in idx]
+            for key, idx in plan:
+                self._queued.append(key)
+                yield [self._read(self.records[i]) for i in idx]
 
         device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) \
             if self._gpu else None
@@ -163,11 +184,22 @@ class TrainStream(_Stream):
         if epoch != self.epoch:
             self.epoch, self.position = epoch, 0
 
-    def batches(self) -> list[list[int]]:
-        """This rank's record indices of the current epoch, batch by batch."""
+    def batches(self, epoch: int | None = None) -> list[list[int]]:
+        """This rank's record indices of ``epoch`` (default: the current one), batch by batch."""
         order = train_order(self._weights, self.num_samples, self.data_cfg.weighted, self.batch_size,
-                            self.seed, self.epoch, self.rank, self.world_size)
+                            self.seed, self.epoch if epoch is None else epoch, self.rank, self.world_size)
         return order.view(-1, self.batch_size).tolist()
+
+    def _key(self, i: int) -> Hashable:
+        return self.seed, self.epoch, i
+
+    def _plan(self, start: int) -> Iterator[tuple[Hashable, list[int]]]:
+        epoch = self.epoch
+        while True:
+            batches = self.batches(epoch)
+            for i in range(start, len(batches)):
+                yield (self.seed, epoch, i), batches[i]
+            epoch, start = epoch + 1, 0
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """The rest of the current epoch (nothing once it is consumed: call set_epoch to move on)."""
@@ -198,6 +230,16 @@ class EvalStream(_Stream):
 
     def __len__(self) -> int:
         return len(self._batches)
+
+    def _key(self, i: int) -> Hashable:
+        return i
+
+    def _plan(self, start: int) -> Iterator[tuple[Hashable, list[int]]]:
+        while True:  # every pass is the same
+            for i in range(start, len(self._batches)):
+                if self._batches[i]:
+                    yield i, self._batches[i]
+            start = 0
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for i, x in self._features(self._batches, 0):
