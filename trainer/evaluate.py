@@ -57,6 +57,8 @@ def predict_clips(model: torch.nn.Module, stream: Iterable[dict], accelerator: A
     model.eval()
     rows = []
     for batch in stream:
+        if not batch["keys"]:  # a rank's empty last batch (ranks get equal batch counts)
+            continue
         with accelerator.autocast():
             probs, _ = model(batch["features"])
         probs = probs.float().cpu().numpy()
@@ -82,6 +84,8 @@ def predict_chunks(
     model.eval()
     rows = []
     for batch in stream:
+        if not batch["keys"]:
+            continue
         chunks, clip_index, spans = split_chunks(batch["features"], chunk_frames, chunk_frames)
         with accelerator.autocast():
             probs, _ = model(chunks)
