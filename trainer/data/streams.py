@@ -83,16 +83,22 @@ class _Stream:
             y[row, list(self.records[i].labels)] = 1.0
         return torch.from_numpy(y).to(self.device)
 
-    def _features(self, batches: list[list[int]], start: int) -> Iterator[tuple[int, torch.Tensor]]:
-        """(batch number, B × mel × frames features on the device) for ``batches[start:]``."""
+    def _features(self, batches: list[list[int]], start: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """(batch number, B × mel × frames features, B × classes labels) on the device for ``batches[start:]``,
+        after :meth:`_post`."""
         for i in range(start, len(batches)):
             if not batches[i]:  # an eval rank's empty last batch; DALI cannot run an empty batch
-                yield i, torch.zeros(0, self.frontend.num_mels, self.frontend.num_frames, device=self.device)
+                yield i, torch.zeros(0, self.frontend.num_mels, self.frontend.num_frames, device=self.device), \
+                    self._labels([])
                 continue
             out = self._run(self._key(i), batches, i)
-            with self._tail():
-                x = self.frontend.finish(self._to_torch(out))
-            yield i, x
+            with self._tail():  # one thread-count switch per batch: each switch costs a few ms
+                x, y = self._post(i, self.frontend.finish(self._to_torch(out)), self._labels(batches[i]))
+            yield i, x, y
+
+    def _post(self, i: int, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What a stream does to batch ``i`` after the features (training: augmentation)."""
+        return x, y
 
     def _key(self, i: int) -> Hashable:
         """Identity of batch ``i`` of the current pass, as the plan names it."""
@@ -204,12 +210,12 @@ class TrainStream(_Stream):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """The rest of the current epoch (nothing once it is consumed: call set_epoch to move on)."""
         batches = self.batches()
-        for i, x in self._features(batches, self.position):
-            idx = batches[i]
-            with self._tail():
-                x, y = self.augment(x, self._labels(idx), self.epoch, i)
+        for i, x, y in self._features(batches, self.position):
             self.position = i + 1
-            yield {"features": x, "labels": y, "keys": [self.records[j].key for j in idx]}
+            yield {"features": x, "labels": y, "keys": [self.records[j].key for j in batches[i]]}
+
+    def _post(self, i: int, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.augment(x, y, self.epoch, i)
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
@@ -242,6 +248,5 @@ class EvalStream(_Stream):
             start = 0
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        for i, x in self._features(self._batches, 0):
-            idx = self._batches[i]
-            yield {"features": x, "labels": self._labels(idx), "keys": [self.records[j].key for j in idx]}
+        for i, x, y in self._features(self._batches, 0):
+            yield {"features": x, "labels": y, "keys": [self.records[j].key for j in self._batches[i]]}
