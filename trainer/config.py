@@ -91,6 +91,7 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    cpu_threads: Optional[int] = None  # torch threads per process on CPU; None: cores / local processes
     steps_per_epoch: Optional[int] = None  # cap, for demos and tests
     save_every_steps: int = 0  # 0: only at epoch ends
     wa_start: int = 1  # weight averaging over epochs wa_start..wa_end (1-based, inclusive)

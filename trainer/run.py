@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -26,6 +27,7 @@ from trainer import results
 from trainer.averaging import average_state_dicts
 from trainer.checkpointing import find_checkpoint, load_checkpoint, save_checkpoint, save_weights, weights_path
 from trainer.config import Config, ConfigError, load_config
+from trainer.cpu_tuning import configure_cpu
 from trainer.data.datasets import resolve_splits
 from trainer.data.features import feature_dim, frames_per_second
 from trainer.data.manifest import VOCABULARY
@@ -66,6 +68,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     set_seed(cfg.run.seed)
     rank, world = accelerator.process_index, accelerator.num_processes
+    if accelerator.device.type == "cpu":
+        configure_cpu(int(os.environ.get("LOCAL_WORLD_SIZE", world)), cfg.train.cpu_threads)
     log = accelerator.print
 
     # ---- 1. Data -------------------------------------------------------------------------------
