@@ -1,9 +1,10 @@
 """Shard builder throughput on a synthetic set: clips/s in total and per core.
 
-    python benchmarks/build_shards.py [--clips 300] [--workers 1 2] [--data DIR]
+    python benchmarks/build_shards.py [--clips 192] [--workers 1 2] [--data DIR]
 
 Clips are 10 s, in the generator's mix of formats (60% 16 kHz PCM16 WAV, the rest 44.1/48 kHz,
 stereo, FLAC, Vorbis), so the figure includes decoding, soxr VHQ resampling and FLAC encoding.
+Without --data it uses the benchmarks' cached synthetic set (benchmarks/common.py).
 Writes benchmarks/results/build_shards.json.
 """
 from __future__ import annotations
@@ -11,30 +12,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import dataset, write_result  # noqa: E402
 from tools.build_shards import BuildOptions, build  # noqa: E402
-from tools.make_synthetic import make_synthetic  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results" / "build_shards.json"
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--clips", type=int, default=300)
-    p.add_argument("--workers", type=int, nargs="+", default=sorted({1, os.cpu_count() or 1}))
+    p.add_argument("--clips", type=int, default=192)
+    p.add_argument("--workers", type=int, nargs="+", default=sorted({1, len(os.sched_getaffinity(0))}))
     p.add_argument("--data", type=Path, help="an existing tools.make_synthetic directory to reuse")
     a = p.parse_args()
+    data = a.data or dataset(a.clips) / "synthetic"
     with tempfile.TemporaryDirectory() as tmp:
-        data = a.data or Path(tmp) / "synthetic"
-        if a.data is None:
-            make_synthetic(data, clips=a.clips, eval_clips=0, classes=10, seed=0)
         n = len(json.loads((data / "train.json").read_text())["data"])
         rows = []
         for workers in a.workers:
@@ -51,11 +47,7 @@ def main() -> int:
     for r in rows:
         print(f"{r['workers']:>7} {r['clips']:>6} {r['seconds']:>8.2f} {r['clips_per_s']:>8.1f} "
               f"{r['clips_per_s_per_core']:>12.1f} {r['audio_x_realtime']:>10.1f}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"benchmark": "build_shards", "cpu_count": os.cpu_count(),
-                                   "machine": platform.processor() or platform.machine(),
-                                   "python": platform.python_version(), "results": rows}, indent=1) + "\n")
-    print(f"wrote {RESULTS}")
+    write_result("build_shards", {"results": rows})
     return 0
 
 

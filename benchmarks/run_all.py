@@ -1,0 +1,156 @@
+"""The whole benchmark suite in one command, then benchmarks/results/REPORT.md and throughput.png.
+
+    .venv/bin/python benchmarks/run_all.py [--clips 192] [--skip NAME ...] [--report-only]
+
+Runs, each as its own process with its quick defaults (about 8 minutes on 2 cores): loader, scaling (reads
+loader.json), memory, train_step, build_shards. Each writes benchmarks/results/<name>.json with the
+machine, versions and commit. The synthetic data set is generated once into benchmarks/.cache.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import RESULTS, dataset  # noqa: E402
+
+SUITE = ("loader", "scaling", "memory", "train_step", "build_shards")  # scaling reads loader.json
+TARGETS = {"psla": 1.5, "wds": 1.2}  # ours ≥ this × the baseline's clips/s
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _loader_table(res: list[dict]) -> tuple[list[str], list[tuple[str, int, dict]]]:
+    cells = [(f, t, {r["loader"]: r for r in res if (r["frontend"], r["threads"]) == (f, t)})
+             for f in sorted({r["frontend"] for r in res}) for t in sorted({r["threads"] for r in res})]
+    lines = ["| front-end | threads | ours | PSLA-style | webdataset | floor (decode only) | ours/PSLA (≥1.5) "
+             "| ours/wds (≥1.2) |", "|---|---|---|---|---|---|---|---|"]
+    for f, t, r in cells:
+        ratios = []
+        for base, target in TARGETS.items():
+            x = r["ours"]["clips_per_s"] / r[base]["clips_per_s"]
+            ratios.append(f"{x:.2f}× {'met' if x >= target else '**not met**'}")
+        lines.append(f"| {f} | {t} | {r['ours']['clips_per_s']:.1f} | {r['psla']['clips_per_s']:.1f} | "
+                     f"{r['wds']['clips_per_s']:.1f} | {r['floor']['clips_per_s']:.1f} | {' | '.join(ratios)} |")
+    lines += ["", "Peak RSS (MB, process + DataLoader workers):", "",
+              "| front-end | threads | ours | PSLA-style | webdataset | floor |", "|---|---|---|---|---|---|"]
+    for f, t, r in cells:
+        lines.append(f"| {f} | {t} | " + " | ".join(f"{r[k]['peak_rss_mb']:.0f}" for k in ("ours", "psla", "wds", "floor"))
+                     + " |")
+    return lines, cells
+
+
+def plot(cells: list[tuple[str, int, dict]], out: Path) -> None:
+    """Grouped bars: clips/s per loader, one panel per front-end, one bar per thread count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frontends = sorted({f for f, _, _ in cells})
+    threads = sorted({t for _, t, _ in cells})
+    loaders = ("ours", "psla", "wds", "floor")
+    fig, axes = plt.subplots(1, len(frontends), figsize=(5 * len(frontends), 4), sharey=True)
+    width = 0.8 / len(threads)
+    for ax, f in zip(axes, frontends):
+        for k, t in enumerate(threads):
+            r = next(r for ff, tt, r in cells if (ff, tt) == (f, t))
+            ax.bar([i + k * width for i in range(len(loaders))], [r[name]["clips_per_s"] for name in loaders],
+                   width, label=f"{t} thread{'s' if t > 1 else ''}")
+        ax.set_xticks([i + width * (len(threads) - 1) / 2 for i in range(len(loaders))],
+                      ["ours (DALI)", "PSLA-style", "webdataset", "floor"])
+        ax.set_title(f"{f} (CPU only)")
+        ax.set_ylabel("clips/s")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def report() -> Path:
+    env = next((r["environment"] for r in map(_load, SUITE) if r), {})
+    lines = ["# Benchmark report", "",
+             f"**CPU numbers**: {env.get('cpu')}, {env.get('cores')} cores, GPU: {env.get('gpu') or 'none'} "
+             f"(the DALI GPU path exists but is not measured here). torch {env.get('torch')}, DALI "
+             f"{env.get('dali')}, Python {env.get('python')}, commit {str(env.get('commit'))[:10]}. "
+             "Load averages at the end of each benchmark are in its JSON: other processes shared this "
+             "machine during some runs, so single numbers carry roughly ±15% noise; loaders were run "
+             "interleaved so they share it.", ""]
+    loader = _load("loader")
+    if loader:
+        table, cells = _loader_table(loader["results"])
+        lines += [f"## Loader throughput (clips/s, batch {loader['batch_size']}, {loader['clips']} synthetic 10 s "
+                  f"clips × {loader['epochs']} epochs)", "",
+                  "Same clips, same cores, same output (B × mel × frames normalised features with SpecAugment; "
+                  "ours and PSLA-style also mixup). threads = DALI threads or DataLoader workers.", ""] + table + [""]
+        plot(cells, RESULTS / "throughput.png")
+        lines += ["![throughput](throughput.png)", ""]
+    steps = _load("train_step")
+    if steps:
+        lines += [f"## Training step (clips/s, {steps['model']['name']} ×{steps['model']['width_mult']} from "
+                  f"{steps['config']}, {steps['frontend']})", "",
+                  "Steps fed by the stream and by in-memory batches alternate one by one. Stall = 1 − stream/memory "
+                  "clips/s; wait = share of the stream-fed time spent in next().", "",
+                  "| workload | batch | fed by our stream | batches in memory | data stall | wait in next() |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {r['workload']} | {r['batch_size']} | {r['stream_clips_per_s']:.2f} | "
+                  f"{r['memory_clips_per_s']:.2f} | {r['stall_fraction']:.1%} | {r['stream_wait_fraction']:.1%} |"
+                  for r in steps["results"]] + [""]
+    mem = _load("memory")
+    if mem:
+        lines += ["## Memory over a long run (our stream, RSS MB)", "",
+                  "| front-end | clips | after epoch 1 | at the end | max, epoch ends of 1st half | of 2nd half |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {r['frontend']} | {r['clips']} | {r['rss_start_mb']:.0f} | {r['rss_end_mb']:.0f} | "
+                  f"{r['rss_max_first_half_mb']:.0f} | {r['rss_max_second_half_mb']:.0f} |"
+                  for r in mem["results"]] + [""]
+    scale = _load("scaling")
+    if scale:
+        lines += [f"## Scaling (ours, {scale['frontend']}, {scale['dali_threads']} DALI threads)", "",
+                  "| set size | records | epoch seconds | clips/s | per-clip cost vs ×1 |", "|---|---|---|---|---|"]
+        lines += [f"| ×{r['scale']} | {r['records']} | {r['seconds']:.2f} | {r['clips_per_s']:.1f} | "
+                  f"{r['cost_per_clip_vs_1x']:.2f} |" for r in scale["sizes"]]
+        lines += ["", "| loader | front-end | 1 thread | 2 threads | speed-up |", "|---|---|---|---|---|"]
+        lines += [f"| {r['loader']} | {r['frontend']} | {r['clips_per_s_1']:.1f} | {r['clips_per_s_2']:.1f} | "
+                  f"×{r['speedup']:.2f} |" for r in scale["threads"]] + [""]
+    build = _load("build_shards")
+    if build:
+        lines += ["## Shard builder (10 s clips in mixed formats → 16 kHz FLAC shards)", "",
+                  "| workers | clips | seconds | clips/s | clips/s per core | × real time |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['workers']} | {r['clips']} | {r['seconds']:.2f} | {r['clips_per_s']:.1f} | "
+                  f"{r['clips_per_s_per_core']:.1f} | {r['audio_x_realtime']:.0f} |" for r in build["results"]] + [""]
+    out = RESULTS / "REPORT.md"
+    out.write_text("\n".join(lines))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--clips", type=int, default=192)
+    ap.add_argument("--skip", nargs="*", default=[], choices=SUITE)
+    ap.add_argument("--report-only", action="store_true", help="rewrite REPORT.md/PNG from the existing JSONs")
+    a = ap.parse_args()
+    if not a.report_only:
+        dataset(a.clips)
+        for name in SUITE:
+            if name in a.skip:
+                continue
+            print(f"== {name}", flush=True)
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, str(Path(__file__).with_name(f"{name}.py")), "--clips", str(a.clips)],
+                           check=True)
+            print(f"== {name}: {time.perf_counter() - t0:.0f} s", flush=True)
+    print(f"wrote {report()}")
+
+
+if __name__ == "__main__":
+    main()
