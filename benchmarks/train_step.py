@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import REPO, dataset, write_result  # noqa: E402
 from trainer.config import load_config  # noqa: E402
+from trainer.cpu_tuning import configure_cpu  # noqa: E402
 from trainer.data.datasets import load_records  # noqa: E402
 from trainer.data.features import feature_dim, frames_per_second  # noqa: E402
 from trainer.data.streams import TrainStream  # noqa: E402
@@ -76,10 +77,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--clips", type=int, default=192)
     ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="DALI threads")
     a = ap.parse_args()
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    configure_cpu(processes_on_node=1)  # as trainer/run.py does on a CPU
     torch.manual_seed(0)
     cfg = load_config(REPO / "configs" / "demo.yaml", check_paths=False)
     records = load_records(str(dataset(a.clips) / "shards"))[0]
