@@ -97,3 +97,10 @@ def test_config_errors_name_the_key(built_shards, synthetic_dir, tmp_path):
         load_config(config, ["model.name=resnet"])
     proc = launch("trainer/run.py", str(config), "features.frontend=mfcc", check=False)
     assert proc.returncode != 0 and "features.frontend: 'mfcc' is not one of" in proc.stderr
+
+
+def test_unreadable_override_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"^data\.train: cannot read .* as YAML"):
+        load_config(None, ["data.train=[shards/x/x-{000000..000001}.tar]"], check_paths=False)
+    cfg = load_config(None, ["data.train=shards/x/x-{000000..000001}.tar"], check_paths=False)
+    assert cfg.data.train == ["shards/x/x-{000000..000001}.tar"]

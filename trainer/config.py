@@ -225,7 +225,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r}: expected dotted.key=value")
     key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+    try:
+        return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{key.strip()}: cannot read {raw!r} as YAML ({getattr(e, 'problem', e)}); quote strings "
+                          f"with braces inside a list, e.g. {key.strip()}='[\"shards/x/x-{{000000..000009}}.tar\"]'") from None
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
