@@ -91,3 +91,5 @@ def test_two_process_psl_run_resumes_exactly(built_shards, synthetic_dir, tmp_pa
     assert _step_losses(runs / "psl_cut") == _step_losses(runs / "psl_full")
     summary = (runs / "psl_cut" / "summary.json").read_text()
     assert '"teacher"' in summary  # pseudo-label quality at chunk level is reported
+    metrics = (runs / "psl_cut" / "metrics.csv").read_text().splitlines()
+    assert "clips_per_s_without_teacher" in metrics[0]  # the teacher's cost is logged separately

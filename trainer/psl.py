@@ -7,6 +7,7 @@ in the training precision.
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass
 from typing import Callable, ContextManager, Optional
 
@@ -45,6 +46,7 @@ class ChunkedTeacherStudent:
         self.chunk_frames = chunk_frames
         self.hop_frames = hop_frames
         self.chunks_per_clip = chunks_per_clip
+        self.teacher_seconds = 0.0  # wall time spent in the teacher, so the log can show its cost
 
     def __call__(
         self,
@@ -60,10 +62,14 @@ class ChunkedTeacherStudent:
             chunks, clip_index = chunks[keep], clip_index[keep]
         teacher_probs = None
         if self.teacher is not None:
+            started = time.perf_counter()
             with torch.inference_mode(), autocast():
                 teacher_probs, _ = self.teacher(chunks)
             # Inference tensors can't be saved for backward; a plain copy can serve as the target.
             teacher_probs = teacher_probs.float().clone()
+            if teacher_probs.is_cuda:
+                torch.cuda.synchronize(teacher_probs.device)
+            self.teacher_seconds += time.perf_counter() - started
         with autocast():
             student_probs, _ = student(chunks)
         return ChunkBatch(student_probs.float(), teacher_probs, labels[clip_index], clip_index)

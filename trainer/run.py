@@ -168,8 +168,12 @@ def main(argv: list[str] | None = None) -> dict:
                 log(f"stopping abruptly after step {global_step} (train.stop_after_steps)")
                 return {}
         bar.close()
+        elapsed = time.perf_counter() - started
         epoch_row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                     "lr": optimizer.param_groups[0]["lr"], "clips_per_s": clips / (time.perf_counter() - started)}
+                     "lr": optimizer.param_groups[0]["lr"], "clips_per_s": clips / elapsed}
+        if chunker is not None and chunker.teacher is not None:  # the teacher's cost, shown separately
+            epoch_row["clips_per_s_without_teacher"] = clips / max(elapsed - chunker.teacher_seconds, 1e-9)
+            chunker.teacher_seconds = 0.0
 
         # Evaluate this epoch's weights on every split; keep predictions for selection and ensembles.
         unwrapped = accelerator.unwrap_model(model)
