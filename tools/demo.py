@@ -78,6 +78,9 @@ def main() -> None:
     build_data(args.clips, args.eval_clips)
     for seed in args.seeds:
         for _, name in RUNS:
+            if (Path("runs") / f"{name}_seed{seed}" / "summary.json").exists():
+                print(f"runs/{name}_seed{seed} is complete: reused (delete it to train again)")
+                continue
             overrides = [f"run.name={name}_seed{seed}", f"run.seed={seed}"]
             if name == "demo_psl_2s":
                 overrides.append(f"psl.teacher=runs/demo_seed{seed}")
