@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from runkit import launch, tiny_config
 from test_run import _step_losses
 from trainer.config import ConfigError, Config, ModelConfig, load_config
+from trainer.data.manifest import Vocabulary
 from trainer.models import build_model
 from trainer.psl import ChunkedTeacherStudent, psl_loss
 from trainer.run import build_teacher
@@ -74,7 +75,8 @@ def test_teacher_with_other_features_is_refused(tmp_path):
     cfg = load_config(None, ["data.train=[x]", "features.frontend=mel64", f"psl.teacher={teacher_dir}",
                              "psl.chunk_seconds=2"], check_paths=False)
     with pytest.raises(ConfigError, match="psl.teacher: .*features"):
-        build_teacher(cfg, 5, 64, torch.device("cpu"))
+        build_teacher(cfg, Vocabulary(tuple(f"/m/{i}" for i in range(5)), tuple(map(str, range(5)))), 64,
+                      torch.device("cpu"))
 
 
 def test_two_process_psl_run_resumes_exactly(built_shards, synthetic_dir, tmp_path):

@@ -30,7 +30,7 @@ from trainer.config import Config, ConfigError, load_config
 from trainer.cpu_tuning import configure_cpu
 from trainer.data.datasets import resolve_splits
 from trainer.data.features import feature_dim, frames_per_second
-from trainer.data.manifest import VOCABULARY
+from trainer.data.manifest import VOCABULARY, Vocabulary
 from trainer.data.streams import EvalStream, TrainStream
 from trainer.data.strong_labels import load_strong_labels
 from trainer.ensemble import mean_predictions
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
         load_weights(model, weights_path(cfg.model.init))
     chunker = None
     if cfg.psl.chunk_seconds is not None:
-        teacher = build_teacher(cfg, len(vocab), n_mels, accelerator.device)
+        teacher = build_teacher(cfg, vocab, n_mels, accelerator.device)
         chunk_frames = round(cfg.psl.chunk_seconds * fps)
         hop_frames = round((cfg.psl.chunk_hop or cfg.psl.chunk_seconds) * fps)
         chunker = ChunkedTeacherStudent(teacher, chunk_frames, hop_frames, cfg.psl.chunks_per_clip)
@@ -209,7 +209,7 @@ def training_loss(model: torch.nn.Module, chunker: ChunkedTeacherStudent | None,
     return psl_loss(chunks, cfg.psl.alpha if cfg.psl.teacher else 0.0)
 
 
-def build_teacher(cfg: Config, num_classes: int, n_mels: int, device: torch.device) -> torch.nn.Module | None:
+def build_teacher(cfg: Config, vocab: Vocabulary, n_mels: int, device: torch.device) -> torch.nn.Module | None:
     """The frozen teacher of a PSL run: its model config comes from its own run; its features must be ours."""
     if cfg.psl.teacher is None:
         return None
@@ -218,15 +218,15 @@ def build_teacher(cfg: Config, num_classes: int, n_mels: int, device: torch.devi
         raise ConfigError(f"psl.teacher: {cfg.psl.teacher} was trained on features {teacher_cfg.features}, "
                           f"this run uses {cfg.features}; the teacher would label features it never saw")
     teacher_vocab = Path(cfg.psl.teacher) / VOCABULARY
-    if sum(1 for _ in open(teacher_vocab)) - 1 != num_classes:
-        raise ConfigError(f"psl.teacher: {teacher_vocab} has a different number of classes than the data")
-    teacher = build_model(teacher_cfg.model, num_classes, n_mels)
+    if Vocabulary.load(teacher_vocab).digest() != vocab.digest():
+        raise ConfigError(f"psl.teacher: {teacher_vocab} is not the data's vocabulary; its outputs mean other classes")
+    teacher = build_model(teacher_cfg.model, len(vocab), n_mels)
     load_weights(teacher, weights_path(cfg.psl.teacher))
     return teacher.to(device)
 
 
 def finish(cfg: Config, accelerator: Accelerator, model: torch.nn.Module, splits: dict, result_split: str,
-           vocab, strong, chunker: ChunkedTeacherStudent | None, fps: float) -> dict:
+           vocab: Vocabulary, strong, chunker: ChunkedTeacherStudent | None, fps: float) -> dict:
     run_dir = cfg.run_dir
     names = list(vocab.names)
     rows = results.read_rows(run_dir / "metrics.csv")
@@ -235,26 +235,31 @@ def finish(cfg: Config, accelerator: Accelerator, model: torch.nn.Module, splits
     best_epoch = epochs[int(np.argmax([float(r[f"{select}_mAP"]) for r in rows]))]
     summary = {"selected_on": select, "best_epoch": best_epoch, "result_split": result_split}
 
-    best = Predictions.load(_prediction_path(run_dir, result_split, f"epoch_{best_epoch}"))
-    summary["best_single"] = results.scalar_metrics(best.metrics(names))
+    # Each epoch's predictions were saved once; the best single model's are one of them.
+    members = [Predictions.load(_prediction_path(run_dir, result_split, f"epoch_{e}")) for e in epochs]
+    best = members[epochs.index(best_epoch)]
 
     wa_end = cfg.train.wa_end or cfg.optim.epochs
     wa_epochs = [e for e in epochs if cfg.train.wa_start <= e <= wa_end]
     wa_state = average_state_dicts([run_dir / "models" / f"epoch_{e}.pt" for e in wa_epochs])
     model.load_state_dict(wa_state)
     wa = predict_clips(model, splits[result_split], accelerator)
-    summary["weight_averaged"] = {"epochs": [wa_epochs[0], wa_epochs[-1]], **results.scalar_metrics(wa.metrics(names))}
 
-    members = [Predictions.load(_prediction_path(run_dir, result_split, f"epoch_{e}")) for e in epochs]
     keys, probs = mean_predictions([(p.keys, p.probs) for p in members])
     ensemble = Predictions(keys, probs, members[0].targets)
-    summary["checkpoint_ensemble"] = {"epochs": len(members), **results.scalar_metrics(ensemble.metrics(names))}
+
+    metrics = {"best_single": best.metrics(names), "weight_averaged": wa.metrics(names),
+               "checkpoint_ensemble": ensemble.metrics(names)}
+    summary["best_single"] = results.scalar_metrics(metrics["best_single"])
+    summary["weight_averaged"] = {"epochs": [wa_epochs[0], wa_epochs[-1]],
+                                  **results.scalar_metrics(metrics["weight_averaged"])}
+    summary["checkpoint_ensemble"] = {"epochs": len(members), **results.scalar_metrics(metrics["checkpoint_ensemble"])}
 
     if strong is not None:
         chunk_frames = round(cfg.data.eval_chunk_seconds * fps)
         summary["chunk_seconds"] = chunk_frames / fps
         stream = splits[result_split]
-        model.load_state_dict(torch.load(run_dir / "models" / f"epoch_{best_epoch}.pt", weights_only=True))
+        load_weights(model, run_dir / "models" / f"epoch_{best_epoch}.pt")
         for name, m in (("best_single", model),) + ((("teacher", chunker.teacher),) if chunker and chunker.teacher else ()):
             preds = predict_chunks(m, stream, accelerator, strong, chunk_frames, fps)
             if preds is not None:
@@ -267,10 +272,10 @@ def finish(cfg: Config, accelerator: Accelerator, model: torch.nn.Module, splits
         best.save(_prediction_path(run_dir, result_split, "best"))
         wa.save(_prediction_path(run_dir, result_split, "wa"))
         ensemble.save(_prediction_path(run_dir, result_split, "ensemble"))
-        results.write_result(run_dir / "best_single_result.csv", best.metrics(names))
-        results.write_result(run_dir / "wa_result.csv", wa.metrics(names))
-        results.write_result(run_dir / "ensemble_result.csv", ensemble.metrics(names))
-        results.write_per_class(run_dir / "best_single_per_class_ap.csv", best.metrics(names))
+        results.write_result(run_dir / "best_single_result.csv", metrics["best_single"])
+        results.write_result(run_dir / "wa_result.csv", metrics["weight_averaged"])
+        results.write_result(run_dir / "ensemble_result.csv", metrics["checkpoint_ensemble"])
+        results.write_per_class(run_dir / "best_single_per_class_ap.csv", metrics["best_single"])
         results.write_summary(run_dir / "summary.json", summary)
         accelerator.print(json.dumps(summary, indent=2))
     accelerator.wait_for_everyone()
