@@ -8,8 +8,9 @@ Loaders (each run in a fresh subprocess, so peak RSS is its own, DataLoader work
          0.5 (a second wav read), SpecAugment, torch DataLoader with `threads` workers
   wds    webdataset over the same tar shards + torch DataLoader + torchaudio features
   floor  tar read + FLAC decode only (DataLoader with `threads` workers), no features
-for both front-ends at 1 and 2 threads. "threads" is DALI's thread count or the DataLoader's worker
-count; every loader also has its main process (ours computes the spectrum there, the others collate).
+for both front-ends at 1 and 2 threads. "threads" is the DataLoader's worker count, or for ours DALI's
+thread count and the torch thread count (which sets the number of tail workers: threads computing the
+spectrum, mel and augmentation of one batch each); every loader also has its main thread or process.
 All produce the same thing: B × mel × frames normalised features of the same synthetic 10 s clips.
 Prints a table and writes benchmarks/results/loader.json.
 """

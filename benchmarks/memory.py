@@ -1,9 +1,10 @@
-"""Resident memory of our stream over a long run: is it flat?
+"""Resident memory of our stream, and of training fed by it, over a long run: is it flat?
 
-    .venv/bin/python benchmarks/memory.py [--clips 192] [--epochs 24]
+    .venv/bin/python benchmarks/memory.py [--clips 192] [--epochs 48] [--train-steps 160]
 
-Runs TrainStream (kaldi_fbank and mel64, 2 DALI threads, batch 32) for ``--epochs`` epochs in a fresh
-subprocess each, sampling the process's RSS after every batch. "start" is the RSS at the end of the
+Runs TrainStream (kaldi_fbank and mel64, 2 DALI threads, batch 32) for ``--epochs`` epochs, and weak
+training steps of configs/demo.yaml's model fed by it (batch 16) for ``--train-steps`` steps, in a fresh
+subprocess each, sampling the process's RSS after every batch or step. "start" is the RSS at the end of the
 first epoch (pipeline built, buffers allocated), "end" at the end of the last; a leak shows as end ≫ start.
 glibc's per-thread arenas make RSS wander by ±100 MB from epoch to epoch, so "max of the first half" vs
 "max of the second half" is the flatness check (a leak grows the second).
@@ -12,6 +13,7 @@ Writes benchmarks/results/memory.json.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -25,8 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import dataset, rss_mb, write_result  # noqa: E402
 from loader import FRONTENDS, our_stream  # noqa: E402
+from train_step import demo_stream, endless, training_step  # noqa: E402
+from trainer.data.features import feature_dim  # noqa: E402
 
 BATCH = 32
+TRAIN_BATCH = 16
 
 
 def run_one(frontend: str, data: Path, epochs: int) -> dict:
@@ -39,33 +44,51 @@ def run_one(frontend: str, data: Path, epochs: int) -> dict:
         for _ in stream:
             samples.append((round(time.perf_counter() - start, 2), round(rss_mb(), 1)))
         epoch_ends.append(samples[-1][1])
-    return {"frontend": frontend, "dali_threads": threads, "batch_size": BATCH, "epochs": epochs,
-            "clips": epochs * len(stream) * BATCH, "rss_start_mb": epoch_ends[0], "rss_end_mb": epoch_ends[-1],
-            "rss_max_mb": max(r for _, r in samples), "rss_max_first_half_mb": max(epoch_ends[:epochs // 2]),
-            "rss_max_second_half_mb": max(epoch_ends[epochs // 2:]), "rss_epoch_ends_mb": epoch_ends,
-            "samples": samples}
+    return summary(f"loader {frontend}", epochs * len(stream) * BATCH, samples, epoch_ends)
+
+
+def run_training(clips: int, steps: int) -> dict:
+    """Weak training steps fed by the stream; RSS after each step, "epochs" being blocks of 12 steps."""
+    cfg, stream = demo_stream(clips, len(os.sched_getaffinity(0)), TRAIN_BATCH)
+    step = training_step("weak", cfg, feature_dim(cfg.features.frontend))
+    samples, start = [], time.perf_counter()
+    for batch in itertools.islice(endless(stream), steps):
+        step(batch)
+        samples.append((round(time.perf_counter() - start, 2), round(rss_mb(), 1)))
+    return summary(f"training {cfg.features.frontend}", steps * TRAIN_BATCH, samples, [r for _, r in samples[11::12]])
+
+
+def summary(name: str, clips: int, samples: list[tuple[float, float]], ends: list[float]) -> dict:
+    half = len(ends) // 2
+    return {"run": name, "clips": clips, "rss_start_mb": ends[0], "rss_end_mb": ends[-1],
+            "rss_max_mb": max(r for _, r in samples), "rss_max_first_half_mb": max(ends[:half]),
+            "rss_max_second_half_mb": max(ends[half:]), "rss_epoch_ends_mb": ends, "samples": samples}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--clips", type=int, default=192)
-    ap.add_argument("--epochs", type=int, default=24)
-    ap.add_argument("--one", nargs=2, metavar=("FRONTEND", "DATA"), help=argparse.SUPPRESS)
+    ap.add_argument("--epochs", type=int, default=48)
+    ap.add_argument("--train-steps", type=int, default=160)
+    ap.add_argument("--one", nargs=2, metavar=("FRONTEND|train", "DATA"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
-        print(json.dumps(run_one(a.one[0], Path(a.one[1]), a.epochs)))
+        what, data = a.one
+        print(json.dumps(run_training(a.clips, a.train_steps) if what == "train" else
+                         run_one(what, Path(data), a.epochs)))
         return
     data = dataset(a.clips)
     rows = []
-    for frontend in FRONTENDS:
-        out = subprocess.run([sys.executable, __file__, "--epochs", str(a.epochs), "--one", frontend, str(data)],
+    for what in (*FRONTENDS, "train"):
+        out = subprocess.run([sys.executable, __file__, "--clips", str(a.clips), "--epochs", str(a.epochs),
+                              "--train-steps", str(a.train_steps), "--one", what, str(data)],
                              capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(f"{'frontend':12} {'clips':>6} {'start':>6} {'end':>6} {'max 1st half':>12} {'max 2nd half':>12}  (RSS MB)")
+    print(f"{'run':20} {'clips':>6} {'start':>6} {'end':>6} {'max 1st half':>12} {'max 2nd half':>12}  (RSS MB)")
     for r in rows:
-        print(f"{r['frontend']:12} {r['clips']:6d} {r['rss_start_mb']:6.0f} {r['rss_end_mb']:6.0f} "
+        print(f"{r['run']:20} {r['clips']:6d} {r['rss_start_mb']:6.0f} {r['rss_end_mb']:6.0f} "
               f"{r['rss_max_first_half_mb']:12.0f} {r['rss_max_second_half_mb']:12.0f}")
-    write_result("memory", {"results": rows})
+    write_result("memory", {"loader_batch_size": BATCH, "train_batch_size": TRAIN_BATCH, "results": rows})
 
 
 if __name__ == "__main__":

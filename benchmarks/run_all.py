@@ -98,8 +98,10 @@ def report() -> Path:
     if steps:
         lines += [f"## Training step (clips/s, {steps['model']['name']} ×{steps['model']['width_mult']} from "
                   f"{steps['config']}, {steps['frontend']})", "",
-                  "Steps fed by the stream and by in-memory batches alternate one by one. Stall = 1 − stream/memory "
-                  "clips/s; wait = share of the stream-fed time spent in next().", "",
+                  f"Steps fed by the stream and by in-memory batches take turns in blocks of "
+                  f"{steps['results'][0].get('block', 1)}. Stall = 1 − stream/memory clips/s (on a CPU the "
+                  "stream's decoding and tail workers share the cores with the step); wait = share of the "
+                  "stream-fed time spent in next().", "",
                   "| workload | batch | fed by our stream | batches in memory | data stall | wait in next() |",
                   "|---|---|---|---|---|---|"]
         lines += [f"| {r['workload']} | {r['batch_size']} | {r['stream_clips_per_s']:.2f} | "
@@ -107,10 +109,12 @@ def report() -> Path:
                   for r in steps["results"]] + [""]
     mem = _load("memory")
     if mem:
-        lines += ["## Memory over a long run (our stream, RSS MB)", "",
-                  "| front-end | clips | after epoch 1 | at the end | max, epoch ends of 1st half | of 2nd half |",
+        lines += ["## Memory over a long run (RSS MB)", "",
+                  f"Our stream alone (batch {mem.get('loader_batch_size', 32)}) and weak training steps fed by it "
+                  f"(batch {mem.get('train_batch_size', 16)}; an \"epoch\" is 12 steps there).", "",
+                  "| run | clips | after epoch 1 | at the end | max, epoch ends of 1st half | of 2nd half |",
                   "|---|---|---|---|---|---|"]
-        lines += [f"| {r['frontend']} | {r['clips']} | {r['rss_start_mb']:.0f} | {r['rss_end_mb']:.0f} | "
+        lines += [f"| {r.get('run', r.get('frontend'))} | {r['clips']} | {r['rss_start_mb']:.0f} | {r['rss_end_mb']:.0f} | "
                   f"{r['rss_max_first_half_mb']:.0f} | {r['rss_max_second_half_mb']:.0f} |"
                   for r in mem["results"]] + [""]
     scale = _load("scaling")

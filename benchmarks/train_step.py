@@ -1,19 +1,18 @@
 """Full training steps fed by our stream vs by batches already in memory: how much the loader stalls training.
 
-    .venv/bin/python benchmarks/train_step.py [--clips 192] [--steps 8] [--batch 8]
+    .venv/bin/python benchmarks/train_step.py [--clips 192] [--steps 16] [--block 8] [--batch 16]
 
 Two workloads on configs/demo.yaml's model (MobileNetV2 ×0.5), features and augmentation:
   weak  clip-level BCE on whole 10 s clips
   psl   2 s chunks labelled inline by a frozen teacher (same architecture, untrained: only its cost
         matters), student trained on the teacher's probabilities (trainer.psl, alpha 1)
-Each is timed over ``--steps`` steps fed by TrainStream and as many fed by a list of batches taken from
-the same stream beforehand, the two alternating step by step (after a warm-up step each). Data stall
-fraction = 1 − (stream clips/s ÷ memory clips/s); it includes DALI's background decoding competing with
-the step for the cores. The wait fraction is the stream-fed time spent in next(): the stream's
-main-thread work (spectrum, augmentation).
-On 2 busy CPU cores one step of batch 32 took up to ~9 s (weak) / ~15 s (psl), so the default batch is 8 to keep
-the suite short; the stall fraction is a ratio and does not depend on it much, the loader being ~50×
-faster than the model on CPU. Writes benchmarks/results/train_step.json.
+Each is timed over ``--steps`` steps fed by TrainStream and as many fed by a list of batches taken
+from the same stream beforehand, the two taking turns in blocks of ``--block`` steps (after a warm-up
+step each). Data stall fraction = 1 − (stream clips/s ÷ memory clips/s); on a CPU it includes the
+stream's decoding and tail workers competing with the step for the cores. The wait fraction is the
+stream-fed time spent in next(): what the tail workers had not finished ahead of the step.
+Batch 16 (the demo's) keeps a CPU step under a second; the stall is a ratio of two rates and moves
+little with it. Writes benchmarks/results/train_step.json.
 """
 from __future__ import annotations
 
@@ -32,7 +31,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import REPO, dataset, write_result  # noqa: E402
-from trainer.config import load_config  # noqa: E402
+from trainer.config import Config, load_config  # noqa: E402
 from trainer.cpu_tuning import configure_cpu  # noqa: E402
 from trainer.data.datasets import load_records  # noqa: E402
 from trainer.data.features import feature_dim, frames_per_second  # noqa: E402
@@ -51,68 +50,85 @@ def endless(stream: TrainStream) -> Iterator[dict]:
         yield from stream
 
 
-def interleaved(step: Callable[[dict], None], feeds: dict[str, Iterator[dict]], steps: int) -> dict[str, dict]:
+def interleaved(step: Callable[[dict], None], feeds: dict[str, Iterator[dict]], steps: int,
+                block: int) -> dict[str, dict]:
     """Per feed: clips/s over ``steps`` steps (after a warm-up step each) and the share of that time spent
-    waiting for the next batch. Steps alternate between the feeds, one by one, so load from other
-    processes on the machine (which moves a step's time several-fold here) hits every feed alike."""
+    waiting for the next batch. The feeds take turns in blocks of ``block`` steps, so load from other
+    processes on the machine (which moves a step's time several-fold here) hits every feed alike, while
+    the stream's work ahead of the caller (DALI's prefetch, the tail workers' next batches) spills into
+    another feed's time only at the end of a block."""
     for batches in feeds.values():
         step(next(batches))
     spent = {name: [0.0, 0.0, 0] for name in feeds}  # total s, waiting s, clips
-    for _ in range(steps):
+    for _ in range(0, steps, block):
         for name, batches in feeds.items():
-            t0 = time.perf_counter()
-            batch = next(batches)
-            t1 = time.perf_counter()
-            step(batch)
-            t2 = time.perf_counter()
             acc = spent[name]
-            acc[0] += t2 - t0
-            acc[1] += t1 - t0
-            acc[2] += len(batch["keys"])
+            for _ in range(block):
+                t0 = time.perf_counter()
+                batch = next(batches)
+                t1 = time.perf_counter()
+                step(batch)
+                t2 = time.perf_counter()
+                acc[0] += t2 - t0
+                acc[1] += t1 - t0
+                acc[2] += len(batch["keys"])
     return {name: {"clips_per_s": clips / total, "wait_fraction": wait / total}
             for name, (total, wait, clips) in spent.items()}
+
+
+def training_step(workload: str, cfg: Config, n_mels: int) -> Callable[[dict], None]:
+    """One optimiser step of ``workload`` ("weak" or "psl") on a fresh model of ``cfg.model``."""
+    model = build_model(cfg.model, CLASSES, n_mels).train()
+    opt = build_optimizer(model.parameters(), cfg.optim)
+    chunk = 2 * frames_per_second(cfg.features.frontend)
+    chunker = ChunkedTeacherStudent(build_model(cfg.model, CLASSES, n_mels), chunk, chunk) \
+        if workload == "psl" else None
+
+    def step(batch: dict) -> None:
+        if chunker is None:
+            loss = F.binary_cross_entropy(model(batch["features"])[0], batch["labels"])
+        else:
+            loss = psl_loss(chunker(model, batch["features"], batch["labels"]), 1.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def demo_stream(clips: int, threads: int, batch: int) -> tuple[Config, TrainStream]:
+    """configs/demo.yaml's data settings over the benchmark set, as trainer/run.py sets up a CPU process."""
+    configure_cpu(processes_on_node=1)
+    cfg = load_config(REPO / "configs" / "demo.yaml", check_paths=False)
+    records = load_records(str(dataset(clips) / "shards"))[0]
+    data_cfg = dataclasses.replace(cfg.data, num_threads=threads, batch_size=batch)
+    cfg = dataclasses.replace(cfg, data=data_cfg)
+    return cfg, TrainStream(records, CLASSES, data_cfg, cfg.features, cfg.augment, 0, 0, 1, torch.device("cpu"))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--clips", type=int, default=192)
-    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--block", type=int, default=8, help="steps per turn of each feed")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="DALI threads")
     a = ap.parse_args()
-    configure_cpu(processes_on_node=1)  # as trainer/run.py does on a CPU
     torch.manual_seed(0)
-    cfg = load_config(REPO / "configs" / "demo.yaml", check_paths=False)
-    records = load_records(str(dataset(a.clips) / "shards"))[0]
-    data_cfg = dataclasses.replace(cfg.data, num_threads=a.threads, batch_size=a.batch)
-    stream = TrainStream(records, CLASSES, data_cfg, cfg.features, cfg.augment, 0, 0, 1, torch.device("cpu"))
+    cfg, stream = demo_stream(a.clips, a.threads, a.batch)
     in_memory = list(itertools.islice(endless(stream), 4))
     n_mels = feature_dim(cfg.features.frontend)
-    chunk = 2 * frames_per_second(cfg.features.frontend)
     rows = []
     for workload in ("weak", "psl"):
-        model = build_model(cfg.model, CLASSES, n_mels).train()
-        opt = build_optimizer(model.parameters(), cfg.optim)
-        chunker = ChunkedTeacherStudent(build_model(cfg.model, CLASSES, n_mels), chunk, chunk) \
-            if workload == "psl" else None
-
-        def step(batch: dict) -> None:
-            if chunker is None:
-                loss = F.binary_cross_entropy(model(batch["features"])[0], batch["labels"])
-            else:
-                loss = psl_loss(chunker(model, batch["features"], batch["labels"]), 1.0)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-        r = interleaved(step, {"memory": itertools.cycle(in_memory), "stream": endless(stream)}, a.steps)
+        r = interleaved(training_step(workload, cfg, n_mels),
+                        {"memory": itertools.cycle(in_memory), "stream": endless(stream)}, a.steps, a.block)
         fed, memory = r["stream"]["clips_per_s"], r["memory"]["clips_per_s"]
-        rows.append({"workload": workload, "batch_size": data_cfg.batch_size, "dali_threads": a.threads,
-                     "torch_threads": torch.get_num_threads(), "steps": a.steps,
+        rows.append({"workload": workload, "batch_size": a.batch, "dali_threads": a.threads,
+                     "torch_threads": torch.get_num_threads(), "steps": a.steps, "block": a.block,
                      "stream_clips_per_s": fed, "memory_clips_per_s": memory, "stall_fraction": 1 - fed / memory,
                      "stream_wait_fraction": r["stream"]["wait_fraction"]})
     print(f"{'workload':8} {'stream':>8} {'memory':>8} {'stall':>6} {'wait':>6}   (clips/s, {cfg.model.name} ×{cfg.model.width_mult}, "
-          f"{cfg.features.frontend}, batch {data_cfg.batch_size})")
+          f"{cfg.features.frontend}, batch {a.batch})")
     for r in rows:
         print(f"{r['workload']:8} {r['stream_clips_per_s']:8.1f} {r['memory_clips_per_s']:8.1f} "
               f"{r['stall_fraction']:6.1%} {r['stream_wait_fraction']:6.1%}")
