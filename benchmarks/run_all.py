@@ -78,20 +78,23 @@ def plot(cells: list[tuple[str, int, dict]], out: Path) -> None:
 
 def report() -> Path:
     env = next((r["environment"] for r in map(_load, SUITE) if r), {})
+    busy = max((r["environment"].get("cpu_busy_without_us", 0.0) for r in map(_load, SUITE) if r), default=0.0)
     lines = ["# Benchmark report", "",
              f"**CPU numbers**: {env.get('cpu')}, {env.get('cores')} cores, GPU: {env.get('gpu') or 'none'} "
              f"(the DALI GPU path exists but is not measured here). torch {env.get('torch')}, DALI "
              f"{env.get('dali')}, Python {env.get('python')}, commit {str(env.get('commit'))[:10]}. "
-             "Load averages at the end of each benchmark are in its JSON: other processes shared this "
-             "machine during some runs, so single numbers carry roughly ±15% noise; loaders were run "
-             "interleaved so they share it.", ""]
+             f"Other processes kept up to {busy:.0%} of the cores busy when a benchmark ended "
+             "(`cpu_busy_without_us` in each JSON); on this shared machine that has moved single numbers by "
+             "±15% in other runs, so loaders run interleaved and each takes its best of the rounds.", ""]
     loader = _load("loader")
     if loader:
         table, cells = _loader_table(loader["results"])
         lines += [f"## Loader throughput (clips/s, batch {loader['batch_size']}, {loader['clips']} synthetic 10 s "
                   f"clips × {loader['epochs']} epochs)", "",
                   "Same clips, same cores, same output (B × mel × frames normalised features with SpecAugment; "
-                  "ours and PSLA-style also mixup). threads = DALI threads or DataLoader workers.", ""] + table + [""]
+                  "ours and PSLA-style also mixup). threads = DataLoader workers, or for ours DALI threads and as "
+                  "many tail worker threads (spectrum, mel, augmentation; one batch each): at 1 thread ours runs "
+                  "on two threads, so the 2-thread rows are the same-cores comparison.", ""] + table + [""]
         plot(cells, RESULTS / "throughput.png")
         lines += ["![throughput](throughput.png)", ""]
     steps = _load("train_step")
