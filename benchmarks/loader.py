@@ -8,6 +8,7 @@ Loaders (each run in a fresh subprocess, so peak RSS is its own, DataLoader work
          0.5 (a second wav read), SpecAugment, torch DataLoader with `threads` workers
   wds    webdataset over the same tar shards + torch DataLoader + torchaudio features
   floor  tar read + FLAC decode only (DataLoader with `threads` workers), no features
+  ours_gpu  (only where CUDA is available) ours with the stream's device on the GPU
 for both front-ends at 1 and 2 threads. "threads" is the DataLoader's worker count, or for ours DALI's
 thread count and the torch thread count (which sets the number of tail workers: threads computing the
 spectrum, mel and augmentation of one batch each); every loader also has its main thread or process.
@@ -35,7 +36,8 @@ from common import dataset, write_result  # noqa: E402
 from trainer.config import AugmentConfig, DataConfig, FeatureConfig  # noqa: E402
 from trainer.data.datasets import load_records  # noqa: E402
 
-LOADERS = ("ours", "psla", "wds", "floor")
+# ours_gpu: the same stream with its device on CUDA (spectrogram and mel in DALI on the GPU), where there is one
+LOADERS = ("ours", "psla", "wds", "floor") + (("ours_gpu",) if torch.cuda.is_available() else ())
 FRONTENDS = ("kaldi_fbank", "mel64")
 THREADS = (1, 2)
 
@@ -106,7 +108,8 @@ def wds_loader(shards: list[str], frontend: str, threads: int, batch: int) -> to
     return torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=threads)
 
 
-def our_stream(data: Path, frontend: str, threads: int, batch: int, scale: int = 1) -> "TrainStream":
+def our_stream(data: Path, frontend: str, threads: int, batch: int, scale: int = 1,
+               device: str = "cpu") -> "TrainStream":
     """Our TrainStream as the benchmarks use it; ``scale`` replicates the records (new keys, same bytes)."""
     import dataclasses
 
@@ -116,15 +119,15 @@ def our_stream(data: Path, frontend: str, threads: int, batch: int, scale: int =
     records = [dataclasses.replace(r, key=f"{r.key}-{k}") for k in range(scale) for r in records]
     cfg = DataConfig(batch_size=batch, num_threads=threads, prefetch=2)
     aug = AugmentConfig(freqm=48, timem=192, mixup=0.5)
-    return TrainStream(records, 10, cfg, FeatureConfig(frontend=frontend), aug, 0, 0, 1, torch.device("cpu"))
+    return TrainStream(records, 10, cfg, FeatureConfig(frontend=frontend), aug, 0, 0, 1, torch.device(device))
 
 
 def run_one(loader: str, frontend: str, threads: int, data: Path, epochs: int, batch: int) -> dict:
     """One configuration in this process: clips/s over ``epochs`` passes (after one warm-up batch)."""
     torch.set_num_threads(threads)
     records = load_records(str(data / "shards"))[0]
-    if loader == "ours":
-        stream = our_stream(data, frontend, threads, batch)
+    if loader in ("ours", "ours_gpu"):
+        stream = our_stream(data, frontend, threads, batch, device="cuda" if loader == "ours_gpu" else "cpu")
 
         def epoch(e: int):
             stream.set_epoch(e)
@@ -148,6 +151,8 @@ def run_one(loader: str, frontend: str, threads: int, data: Path, epochs: int, b
     for e in range(1, epochs):
         for x in epoch(e):
             clips += x.shape[0]
+    if loader == "ours_gpu":
+        torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return {"loader": loader, "frontend": frontend, "threads": threads, "clips": clips, "n": len(records),
@@ -181,12 +186,14 @@ def main() -> None:
     results = [max((r for r in runs if (r["loader"], r["frontend"], r["threads"]) == key),
                    key=lambda r: r["clips_per_s"]) for key in dict.fromkeys((r["loader"], r["frontend"], r["threads"])
                                                                              for r in runs)]
-    print("\nfrontend     thr   ours    psla     wds   floor   ours/psla ours/wds   (best of each)")
+    gpu = "ours_gpu" in LOADERS
+    print("\nfrontend     thr   ours    psla     wds   floor   ours/psla ours/wds" + ("  ours_gpu" if gpu else "")
+          + "   (best of each)")
     for frontend in FRONTENDS:
         for threads in THREADS:
             r = {x["loader"]: x["clips_per_s"] for x in results if (x["frontend"], x["threads"]) == (frontend, threads)}
             print(f"{frontend:12s} {threads:3d} {r['ours']:6.1f} {r['psla']:7.1f} {r['wds']:7.1f} {r['floor']:7.1f}"
-                  f" {r['ours'] / r['psla']:9.2f}x {r['ours'] / r['wds']:7.2f}x")
+                  f" {r['ours'] / r['psla']:9.2f}x {r['ours'] / r['wds']:7.2f}x" + (f" {r['ours_gpu']:9.1f}" if gpu else ""))
     write_result("loader", {"clips": args.clips, "epochs": args.epochs, "batch_size": args.batch,
                             "repeats": args.repeats, "results": results, "all_runs": runs})
 

@@ -25,10 +25,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import dataset, rss_mb, write_result  # noqa: E402
+from common import REPO, dataset, rss_mb, write_result  # noqa: E402
 from loader import FRONTENDS, our_stream  # noqa: E402
-from train_step import demo_stream, endless, training_step  # noqa: E402
-from trainer.data.features import feature_dim  # noqa: E402
+from train_step import config_stream, endless, training_step  # noqa: E402
 
 BATCH = 32
 TRAIN_BATCH = 16
@@ -49,8 +48,9 @@ def run_one(frontend: str, data: Path, epochs: int) -> dict:
 
 def run_training(clips: int, steps: int) -> dict:
     """Weak training steps fed by the stream; RSS after each step, "epochs" being blocks of 12 steps."""
-    cfg, stream = demo_stream(clips, len(os.sched_getaffinity(0)), TRAIN_BATCH)
-    step = training_step("weak", cfg, feature_dim(cfg.features.frontend))
+    cfg, stream = config_stream(REPO / "configs" / "demo.yaml", clips, len(os.sched_getaffinity(0)), TRAIN_BATCH,
+                                torch.device("cpu"))
+    step = training_step("weak", cfg, torch.device("cpu"))
     samples, start = [], time.perf_counter()
     for batch in itertools.islice(endless(stream), steps):
         step(batch)

@@ -32,15 +32,18 @@ def _load(name: str) -> dict[str, Any] | None:
 def _loader_table(res: list[dict]) -> tuple[list[str], list[tuple[str, int, dict]]]:
     cells = [(f, t, {r["loader"]: r for r in res if (r["frontend"], r["threads"]) == (f, t)})
              for f in sorted({r["frontend"] for r in res}) for t in sorted({r["threads"] for r in res})]
+    gpu = any(r["loader"] == "ours_gpu" for r in res)
     lines = ["| front-end | threads | ours | PSLA-style | webdataset | floor (decode only) | ours/PSLA (≥1.5) "
-             "| ours/wds (≥1.2) |", "|---|---|---|---|---|---|---|---|"]
+             "| ours/wds (≥1.2) |" + (" ours, stream on the GPU |" if gpu else ""),
+             "|---|---|---|---|---|---|---|---|" + ("---|" if gpu else "")]
     for f, t, r in cells:
         ratios = []
         for base, target in TARGETS.items():
             x = r["ours"]["clips_per_s"] / r[base]["clips_per_s"]
             ratios.append(f"{x:.2f}× {'met' if x >= target else '**not met**'}")
         lines.append(f"| {f} | {t} | {r['ours']['clips_per_s']:.1f} | {r['psla']['clips_per_s']:.1f} | "
-                     f"{r['wds']['clips_per_s']:.1f} | {r['floor']['clips_per_s']:.1f} | {' | '.join(ratios)} |")
+                     f"{r['wds']['clips_per_s']:.1f} | {r['floor']['clips_per_s']:.1f} | {' | '.join(ratios)} |"
+                     + (f" {r['ours_gpu']['clips_per_s']:.1f} |" if gpu else ""))
     lines += ["", "Peak RSS (MB, process + DataLoader workers):", "",
               "| front-end | threads | ours | PSLA-style | webdataset | floor |", "|---|---|---|---|---|---|"]
     for f, t, r in cells:
@@ -58,7 +61,8 @@ def plot(cells: list[tuple[str, int, dict]], out: Path) -> None:
 
     frontends = sorted({f for f, _, _ in cells})
     threads = sorted({t for _, t, _ in cells})
-    loaders = ("ours", "psla", "wds", "floor")
+    loaders = [name for name in ("ours", "psla", "wds", "floor", "ours_gpu") if name in cells[0][2]]
+    names = {"ours": "ours (DALI)", "psla": "PSLA-style", "wds": "webdataset", "floor": "floor", "ours_gpu": "ours, GPU"}
     fig, axes = plt.subplots(1, len(frontends), figsize=(5 * len(frontends), 4), sharey=True)
     width = 0.8 / len(threads)
     for ax, f in zip(axes, frontends):
@@ -67,8 +71,8 @@ def plot(cells: list[tuple[str, int, dict]], out: Path) -> None:
             ax.bar([i + k * width for i in range(len(loaders))], [r[name]["clips_per_s"] for name in loaders],
                    width, label=f"{t} thread{'s' if t > 1 else ''}")
         ax.set_xticks([i + width * (len(threads) - 1) / 2 for i in range(len(loaders))],
-                      ["ours (DALI)", "PSLA-style", "webdataset", "floor"])
-        ax.set_title(f"{f} (CPU only)")
+                      [names[name] for name in loaders])
+        ax.set_title(f"{f}" + ("" if "ours_gpu" in loaders else " (CPU only)"))
         ax.set_ylabel("clips/s")
         ax.legend()
     fig.tight_layout()
@@ -99,15 +103,15 @@ def report() -> Path:
         lines += ["![throughput](throughput.png)", ""]
     steps = _load("train_step")
     if steps:
-        lines += [f"## Training step (clips/s, {steps['model']['name']} ×{steps['model']['width_mult']} from "
-                  f"{steps['config']}, {steps['frontend']})", "",
+        lines += [f"## Training step (clips/s, on {steps.get('device', 'cpu').upper()})", "",
                   f"Steps fed by the stream and by in-memory batches take turns in blocks of "
                   f"{steps['results'][0].get('block', 1)}. Stall = 1 − stream/memory clips/s (on a CPU the "
                   "stream's decoding and tail workers share the cores with the step); wait = share of the "
                   "stream-fed time spent in next().", "",
-                  "| workload | batch | fed by our stream | batches in memory | data stall | wait in next() |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {r['workload']} | {r['batch_size']} | {r['stream_clips_per_s']:.2f} | "
+                  "| workload | config | model | front-end | variant | batch | fed by our stream | batches in memory "
+                  "| data stall | wait in next() |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['workload']} | {r.get('config', '')} | {r.get('model', '')} | {r.get('frontend', '')} | "
+                  f"{r.get('variant', 'fp32')} | {r['batch_size']} | {r['stream_clips_per_s']:.2f} | "
                   f"{r['memory_clips_per_s']:.2f} | {r['stall_fraction']:.1%} | {r['stream_wait_fraction']:.1%} |"
                   for r in steps["results"]] + [""]
     mem = _load("memory")

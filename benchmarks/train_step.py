@@ -1,18 +1,23 @@
 """Full training steps fed by our stream vs by batches already in memory: how much the loader stalls training.
 
-    .venv/bin/python benchmarks/train_step.py [--clips 192] [--steps 16] [--block 8] [--batch 16]
+    .venv/bin/python benchmarks/train_step.py [--clips 192] [--steps 16] [--block 8] [--batch N]
+        [--device auto|cpu|cuda] [--variants fp32 bf16 bf16+channels_last bf16+channels_last+compile]
+        [--workloads weak psl] [--weak-config YAML] [--psl-config YAML]
 
-Two workloads on configs/demo.yaml's model (MobileNetV2 ×0.5), features and augmentation:
-  weak  clip-level BCE on whole 10 s clips
-  psl   2 s chunks labelled inline by a frozen teacher (same architecture, untrained: only its cost
-        matters), student trained on the teacher's probabilities (trainer.psl, alpha 1)
+Two workloads, each with its config's model, features, augmentation and batch size:
+  weak  clip-level BCE on whole clips (default config: demo.yaml on a CPU, full_as.yaml on a GPU)
+  psl   chunks of the config's psl.chunk_seconds labelled inline by a frozen teacher (the same
+        architecture, untrained: only its cost matters), the student trained by psl_loss with the
+        config's alpha (default: demo_psl_2s.yaml on a CPU, psl_balanced_chunk_2sec.yaml on a GPU)
+Variants ('+'-joined): fp32, bf16 (autocast), channels_last (model memory format), compile
+(torch.compile of the model); default fp32 on a CPU, all four combinations above on a GPU.
 Each is timed over ``--steps`` steps fed by TrainStream and as many fed by a list of batches taken
-from the same stream beforehand, the two taking turns in blocks of ``--block`` steps (after a warm-up
-step each). Data stall fraction = 1 − (stream clips/s ÷ memory clips/s); on a CPU it includes the
-stream's decoding and tail workers competing with the step for the cores. The wait fraction is the
-stream-fed time spent in next(): what the tail workers had not finished ahead of the step.
-Batch 16 (the demo's) keeps a CPU step under a second; the stall is a ratio of two rates and moves
-little with it. Writes benchmarks/results/train_step.json.
+from the same stream beforehand, the two taking turns in blocks of ``--block`` steps (after warm-up
+steps, which include compilation). A block's time ends with a device synchronise, so the GPU's queued
+work is counted and the host may run ahead within a block, as in training. Data stall fraction =
+1 − (stream clips/s ÷ memory clips/s); on a CPU it includes the stream's decoding and tail workers
+competing with the step for the cores. The wait fraction is the stream-fed time spent in next().
+Writes benchmarks/results/train_step.json.
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -50,45 +55,70 @@ def endless(stream: TrainStream) -> Iterator[dict]:
         yield from stream
 
 
-def interleaved(step: Callable[[dict], None], feeds: dict[str, Iterator[dict]], steps: int,
-                block: int) -> dict[str, dict]:
-    """Per feed: clips/s over ``steps`` steps (after a warm-up step each) and the share of that time spent
+def interleaved(step: Callable[[dict], None], feeds: dict[str, Iterator[dict]], steps: int, block: int,
+                device: torch.device, warmup: int = 2) -> dict[str, dict]:
+    """Per feed: clips/s over ``steps`` steps (after ``warmup`` steps each) and the share of that time spent
     waiting for the next batch. The feeds take turns in blocks of ``block`` steps, so load from other
     processes on the machine (which moves a step's time several-fold here) hits every feed alike, while
     the stream's work ahead of the caller (DALI's prefetch, the tail workers' next batches) spills into
     another feed's time only at the end of a block."""
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     for batches in feeds.values():
-        step(next(batches))
+        for _ in range(warmup):
+            step(next(batches))
+    sync()
     spent = {name: [0.0, 0.0, 0] for name in feeds}  # total s, waiting s, clips
     for _ in range(0, steps, block):
         for name, batches in feeds.items():
             acc = spent[name]
+            start = time.perf_counter()
             for _ in range(block):
                 t0 = time.perf_counter()
                 batch = next(batches)
-                t1 = time.perf_counter()
+                acc[1] += time.perf_counter() - t0
                 step(batch)
-                t2 = time.perf_counter()
-                acc[0] += t2 - t0
-                acc[1] += t1 - t0
                 acc[2] += len(batch["keys"])
+            sync()
+            acc[0] += time.perf_counter() - start
     return {name: {"clips_per_s": clips / total, "wait_fraction": wait / total}
             for name, (total, wait, clips) in spent.items()}
 
 
-def training_step(workload: str, cfg: Config, n_mels: int) -> Callable[[dict], None]:
-    """One optimiser step of ``workload`` ("weak" or "psl") on a fresh model of ``cfg.model``."""
-    model = build_model(cfg.model, CLASSES, n_mels).train()
-    opt = build_optimizer(model.parameters(), cfg.optim)
-    chunk = 2 * frames_per_second(cfg.features.frontend)
-    chunker = ChunkedTeacherStudent(build_model(cfg.model, CLASSES, n_mels), chunk, chunk) \
-        if workload == "psl" else None
+def training_step(workload: str, cfg: Config, device: torch.device, variant: str = "fp32") -> Callable[[dict], None]:
+    """One optimiser step of ``workload`` ("weak" or "psl") on a fresh model of ``cfg.model``, with the
+    ``variant``'s flags (see the module docstring)."""
+    flags = set(variant.split("+")) - {"fp32"}
+    if flags - {"bf16", "channels_last", "compile"}:
+        raise SystemExit(f"unknown variant flag(s) in {variant!r}: {sorted(flags - {'bf16', 'channels_last', 'compile'})}")
+    n_mels = feature_dim(cfg.features.frontend)
+
+    def model() -> torch.nn.Module:
+        m = build_model(cfg.model, CLASSES, n_mels).to(device)
+        if "channels_last" in flags:
+            m = m.to(memory_format=torch.channels_last)
+        return torch.compile(m) if "compile" in flags else m
+
+    student = model().train()
+    opt = build_optimizer(student.parameters(), cfg.optim)
+
+    def autocast() -> Any:
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled="bf16" in flags)
+
+    chunker = None
+    if workload == "psl":
+        chunk = int(round((cfg.psl.chunk_seconds or 2.0) * frames_per_second(cfg.features.frontend)))
+        chunker = ChunkedTeacherStudent(model(), chunk, chunk)
 
     def step(batch: dict) -> None:
         if chunker is None:
-            loss = F.binary_cross_entropy(model(batch["features"])[0], batch["labels"])
+            with autocast():
+                probs = student(batch["features"])[0]
+            loss = F.binary_cross_entropy(probs.float(), batch["labels"])
         else:
-            loss = psl_loss(chunker(model, batch["features"], batch["labels"]), 1.0)
+            loss = psl_loss(chunker(student, batch["features"], batch["labels"], autocast=autocast), cfg.psl.alpha)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -96,14 +126,16 @@ def training_step(workload: str, cfg: Config, n_mels: int) -> Callable[[dict], N
     return step
 
 
-def demo_stream(clips: int, threads: int, batch: int) -> tuple[Config, TrainStream]:
-    """configs/demo.yaml's data settings over the benchmark set, as trainer/run.py sets up a CPU process."""
-    configure_cpu(processes_on_node=1)
-    cfg = load_config(REPO / "configs" / "demo.yaml", check_paths=False)
+def config_stream(config: Path, clips: int, threads: int, batch: int | None,
+                  device: torch.device) -> tuple[Config, TrainStream]:
+    """``config``'s data settings over the benchmark set, as trainer/run.py sets up a process."""
+    if device.type == "cpu":
+        configure_cpu(processes_on_node=1)
+    cfg = load_config(config, check_paths=False)
     records = load_records(str(dataset(clips) / "shards"))[0]
-    data_cfg = dataclasses.replace(cfg.data, num_threads=threads, batch_size=batch)
+    data_cfg = dataclasses.replace(cfg.data, num_threads=threads, batch_size=batch or cfg.data.batch_size)
     cfg = dataclasses.replace(cfg, data=data_cfg)
-    return cfg, TrainStream(records, CLASSES, data_cfg, cfg.features, cfg.augment, 0, 0, 1, torch.device("cpu"))
+    return cfg, TrainStream(records, CLASSES, data_cfg, cfg.features, cfg.augment, 0, 0, 1, device)
 
 
 def main() -> None:
@@ -111,29 +143,41 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=192)
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--block", type=int, default=8, help="steps per turn of each feed")
-    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=None, help="default: each config's data.batch_size")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="DALI threads")
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    ap.add_argument("--variants", nargs="+", default=None)
+    ap.add_argument("--workloads", nargs="+", choices=("weak", "psl"), default=["weak", "psl"])
+    ap.add_argument("--weak-config", type=Path, default=None)
+    ap.add_argument("--psl-config", type=Path, default=None)
     a = ap.parse_args()
-    torch.manual_seed(0)
-    cfg, stream = demo_stream(a.clips, a.threads, a.batch)
-    in_memory = list(itertools.islice(endless(stream), 4))
-    n_mels = feature_dim(cfg.features.frontend)
+    cuda = a.device == "cuda" or (a.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if cuda else "cpu")
+    variants = a.variants or (["fp32", "bf16", "bf16+channels_last", "bf16+channels_last+compile"] if cuda else ["fp32"])
+    configs = {"weak": a.weak_config or REPO / "configs" / ("full_as.yaml" if cuda else "demo.yaml"),
+               "psl": a.psl_config or REPO / "configs" / ("psl_balanced_chunk_2sec.yaml" if cuda else "demo_psl_2s.yaml")}
     rows = []
-    for workload in ("weak", "psl"):
-        r = interleaved(training_step(workload, cfg, n_mels),
-                        {"memory": itertools.cycle(in_memory), "stream": endless(stream)}, a.steps, a.block)
-        fed, memory = r["stream"]["clips_per_s"], r["memory"]["clips_per_s"]
-        rows.append({"workload": workload, "batch_size": a.batch, "dali_threads": a.threads,
-                     "torch_threads": torch.get_num_threads(), "steps": a.steps, "block": a.block,
-                     "stream_clips_per_s": fed, "memory_clips_per_s": memory, "stall_fraction": 1 - fed / memory,
-                     "stream_wait_fraction": r["stream"]["wait_fraction"]})
-    print(f"{'workload':8} {'stream':>8} {'memory':>8} {'stall':>6} {'wait':>6}   (clips/s, {cfg.model.name} ×{cfg.model.width_mult}, "
-          f"{cfg.features.frontend}, batch {a.batch})")
-    for r in rows:
-        print(f"{r['workload']:8} {r['stream_clips_per_s']:8.1f} {r['memory_clips_per_s']:8.1f} "
-              f"{r['stall_fraction']:6.1%} {r['stream_wait_fraction']:6.1%}")
-    write_result("train_step", {"config": "configs/demo.yaml", "model": dataclasses.asdict(cfg.model),
-                                "frontend": cfg.features.frontend, "clips": a.clips, "results": rows})
+    for workload in a.workloads:
+        config = configs[workload]
+        torch.manual_seed(0)
+        cfg, stream = config_stream(config, a.clips, a.threads, a.batch, device)
+        in_memory = list(itertools.islice(endless(stream), 4))
+        for variant in variants:
+            r = interleaved(training_step(workload, cfg, device, variant),
+                            {"memory": itertools.cycle(in_memory), "stream": endless(stream)}, a.steps, a.block,
+                            device)
+            fed, memory = r["stream"]["clips_per_s"], r["memory"]["clips_per_s"]
+            rows.append({"workload": workload, "config": str(Path(config).relative_to(REPO))
+                         if Path(config).resolve().is_relative_to(REPO) else str(config),
+                         "model": f"{cfg.model.name} ×{cfg.model.width_mult}", "frontend": cfg.features.frontend,
+                         "variant": variant, "device": device.type, "batch_size": cfg.data.batch_size,
+                         "dali_threads": a.threads, "torch_threads": torch.get_num_threads(), "steps": a.steps,
+                         "block": a.block, "stream_clips_per_s": fed, "memory_clips_per_s": memory,
+                         "stall_fraction": 1 - fed / memory, "stream_wait_fraction": r["stream"]["wait_fraction"]})
+            print(f"{workload:5} {variant:28} {rows[-1]['model']:22} {cfg.features.frontend:12} batch "
+                  f"{cfg.data.batch_size:3d}  stream {fed:8.1f}  memory {memory:8.1f} clips/s  stall "
+                  f"{rows[-1]['stall_fraction']:6.1%}  wait {rows[-1]['stream_wait_fraction']:6.1%}", flush=True)
+    write_result("train_step", {"device": device.type, "clips": a.clips, "results": rows})
 
 
 if __name__ == "__main__":
