@@ -1,17 +1,21 @@
-"""Feature front-ends: DALI graphs from FLAC bytes to log-mel features, plus a small torch tail.
+"""Feature front-ends: DALI graphs from FLAC bytes to log-mel features, plus a torch tail.
 
 ``kaldi_fbank`` (PSLA/AST) reproduces ``torchaudio.compliance.kaldi.fbank(wave - wave.mean(),
 htk_compat=True, use_energy=False, window_type='hanning', num_mel_bins=128, dither=0.0, frame_shift=10)``:
-DALI decodes, removes the clip mean, pre-emphasises and computes the 512-point power spectrogram of
-400-sample frames with Kaldi's symmetric Hann window (first tap 0, so whole-signal pre-emphasis equals
-Kaldi's per-frame pre-emphasis). The Kaldi mel matrix (triangles linear in mel) is then applied as a
-matmul on the batch's device: it is exact (≈1e-7 mean vs Kaldi without DC removal), where DALI's own
-``mel_filter_bank`` is off by ≈2e-3 mean / 1e-2 max (log units). The one step DALI cannot express is
-Kaldi's per-frame DC removal (it needs the complex spectrum); it moves mainly the lowest mel bins of
+remove the clip mean, pre-emphasise, and take the 512-point power spectrum of 400-sample frames with
+Kaldi's symmetric Hann window (first tap 0, so whole-signal pre-emphasis equals Kaldi's per-frame
+pre-emphasis); then Kaldi's mel matrix (triangles linear in mel) as a matmul, exact (≈1e-8 mean vs
+Kaldi without DC removal), where DALI's own ``mel_filter_bank`` is off by ≈2e-3 mean / 1e-2 max (log
+units). The one step left out is Kaldi's per-frame DC removal; it moves mainly the lowest mel bins of
 near-silent frames, and tests/test_features.py states the size of that difference.
 
 ``mel64`` (PSL/CED) reproduces ``MelSpectrogram(16000, n_fft=512, hop_length=160, n_mels=64)`` followed
-by ``AmplitudeToDB(top_db=120)`` entirely in DALI.
+by ``AmplitudeToDB(top_db=120)``.
+
+Where each step runs: on a GPU, DALI decodes (and removes the mean) on the CPU and computes the
+spectrogram on the device (for mel64 also the mel and dB), and the torch tail the rest on the device.
+On a CPU, DALI only decodes to 16-bit samples in its threads and the torch tail does everything else,
+on the stream's worker threads (see :meth:`FrontEnd.graph` for why).
 """
 from __future__ import annotations
 

@@ -2,9 +2,11 @@
 
 Each sample's FLAC bytes are read straight from its tar shard through the manifest's offset/size
 (one read-only memory map per shard, kept open) and handed to DALI by an external_source batch
-iterator; DALI decodes, crops/pads and computes features, on the GPU after decode when the stream's
-device is CUDA. The order of samples is a pure function of (seed, epoch, rank) and augmentation of
-(seed, epoch, step, rank), so resuming skips the consumed batches without decoding them.
+iterator; DALI decodes and crops/pads, and the front-end's features come from DALI on the GPU when the
+stream's device is CUDA, or from a torch tail on worker threads on a CPU (features.py says which step
+runs where). The order of samples is a pure function of (seed, epoch, rank) and augmentation of
+(seed, epoch, step, rank), so resuming skips the consumed batches without decoding them, and batches
+are the same whatever the number of worker threads.
 """
 from __future__ import annotations
 
