@@ -1,6 +1,6 @@
 """Full training steps fed by our stream vs by batches already in memory: how much the loader stalls training.
 
-    .venv/bin/python benchmarks/train_step.py [--clips 192] [--steps 16] [--block 8] [--batch N]
+    .venv/bin/python benchmarks/train_step.py [--clips 192] [--steps 32] [--block 8] [--batch N]
         [--device auto|cpu|cuda] [--variants fp32 bf16 bf16+channels_last bf16+channels_last+compile]
         [--workloads weak psl] [--weak-config YAML] [--psl-config YAML]
 
@@ -141,7 +141,7 @@ def config_stream(config: Path, clips: int, threads: int, batch: int | None,
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--clips", type=int, default=192)
-    ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--block", type=int, default=8, help="steps per turn of each feed")
     ap.add_argument("--batch", type=int, default=None, help="default: each config's data.batch_size")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="DALI threads")
