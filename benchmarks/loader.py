@@ -109,7 +109,7 @@ def wds_loader(shards: list[str], frontend: str, threads: int, batch: int) -> to
 
 
 def our_stream(data: Path, frontend: str, threads: int, batch: int, scale: int = 1,
-               device: str = "cpu") -> "TrainStream":
+               device: str = "cpu", rank: int = 0, world: int = 1) -> "TrainStream":
     """Our TrainStream as the benchmarks use it; ``scale`` replicates the records (new keys, same bytes)."""
     import dataclasses
 
@@ -119,7 +119,7 @@ def our_stream(data: Path, frontend: str, threads: int, batch: int, scale: int =
     records = [dataclasses.replace(r, key=f"{r.key}-{k}") for k in range(scale) for r in records]
     cfg = DataConfig(batch_size=batch, num_threads=threads, prefetch=2)
     aug = AugmentConfig(freqm=48, timem=192, mixup=0.5)
-    return TrainStream(records, 10, cfg, FeatureConfig(frontend=frontend), aug, 0, 0, 1, torch.device(device))
+    return TrainStream(records, 10, cfg, FeatureConfig(frontend=frontend), aug, 0, rank, world, torch.device(device))
 
 
 def run_one(loader: str, frontend: str, threads: int, data: Path, epochs: int, batch: int) -> dict:

@@ -130,6 +130,11 @@ def report() -> Path:
                   "| set size | records | epoch seconds | clips/s | per-clip cost vs ×1 |", "|---|---|---|---|---|"]
         lines += [f"| ×{r['scale']} | {r['records']} | {r['seconds']:.2f} | {r['clips_per_s']:.1f} | "
                   f"{r['cost_per_clip_vs_1x']:.2f} |" for r in scale["sizes"]]
+        if scale.get("processes"):
+            lines += ["", "| ours, cores split as | clips/s |", "|---|---|"]
+            lines += [f"| {r['processes']} process{'es' if r['processes'] > 1 else ''} × {r['threads_each']} "
+                      f"thread{'s' if r['threads_each'] > 1 else ''} | {r['clips_per_s']:.1f} |"
+                      for r in scale["processes"]]
         lines += ["", "| loader | front-end | 1 thread | 2 threads | speed-up |", "|---|---|---|---|---|"]
         lines += [f"| {r['loader']} | {r['frontend']} | {r['clips_per_s_1']:.1f} | {r['clips_per_s_2']:.1f} | "
                   f"×{r['speedup']:.2f} |" for r in scale["threads"]] + [""]
