@@ -1,6 +1,6 @@
 """Resident memory of our stream, and of training fed by it, over a long run: is it flat?
 
-    .venv/bin/python benchmarks/memory.py [--clips 192] [--epochs 48] [--train-steps 160]
+    .venv/bin/python benchmarks/memory.py [--clips 192] [--epochs 48] [--train-steps 480]
 
 Runs TrainStream (kaldi_fbank and mel64, 2 DALI threads, batch 32) for ``--epochs`` epochs, and weak
 training steps of configs/demo.yaml's model fed by it (batch 16) for ``--train-steps`` steps, in a fresh
@@ -69,7 +69,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--clips", type=int, default=192)
     ap.add_argument("--epochs", type=int, default=48)
-    ap.add_argument("--train-steps", type=int, default=160)
+    ap.add_argument("--train-steps", type=int, default=480)
     ap.add_argument("--one", nargs=2, metavar=("FRONTEND|train", "DATA"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
