@@ -7,8 +7,9 @@
 Two workloads, each with its config's model, features, augmentation and batch size:
   weak  clip-level BCE on whole clips (default config: demo.yaml on a CPU, full_as.yaml on a GPU)
   psl   chunks of the config's psl.chunk_seconds labelled inline by a frozen teacher (the same
-        architecture, untrained: only its cost matters), the student trained by psl_loss with the
-        config's alpha (default: demo_psl_2s.yaml on a CPU, psl_balanced_chunk_2sec.yaml on a GPU)
+        architecture, untrained: only its cost matters), the student trained on them with the config's
+        alpha (default: demo_psl_2s.yaml on a CPU, psl_balanced_chunk_2sec.yaml on a GPU)
+Both steps use the trainer's own loss (trainer.run.training_loss).
 Variants ('+'-joined): fp32, bf16 (autocast), channels_last (model memory format), compile
 (torch.compile of the model); default fp32 on a CPU, all four combinations above on a GPU.
 Each is timed over ``--steps`` steps fed by TrainStream and as many fed by a list of batches taken
@@ -31,7 +32,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -43,9 +43,11 @@ from trainer.data.features import feature_dim, frames_per_second  # noqa: E402
 from trainer.data.streams import TrainStream  # noqa: E402
 from trainer.models import build_model  # noqa: E402
 from trainer.optim import build_optimizer  # noqa: E402
-from trainer.psl import ChunkedTeacherStudent, psl_loss  # noqa: E402
+from trainer.psl import ChunkedTeacherStudent  # noqa: E402
+from trainer.run import training_loss  # noqa: E402
 
 CLASSES = 10
+VARIANT_FLAGS = {"bf16", "channels_last", "compile"}  # besides "fp32", the default
 
 
 def endless(stream: TrainStream) -> Iterator[dict]:
@@ -91,8 +93,8 @@ def training_step(workload: str, cfg: Config, device: torch.device, variant: str
     """One optimiser step of ``workload`` ("weak" or "psl") on a fresh model of ``cfg.model``, with the
     ``variant``'s flags (see the module docstring)."""
     flags = set(variant.split("+")) - {"fp32"}
-    if flags - {"bf16", "channels_last", "compile"}:
-        raise SystemExit(f"unknown variant flag(s) in {variant!r}: {sorted(flags - {'bf16', 'channels_last', 'compile'})}")
+    if flags - VARIANT_FLAGS:
+        raise SystemExit(f"unknown variant flag(s) in {variant!r}: {sorted(flags - VARIANT_FLAGS)}")
     n_mels = feature_dim(cfg.features.frontend)
 
     def model() -> torch.nn.Module:
@@ -113,12 +115,7 @@ def training_step(workload: str, cfg: Config, device: torch.device, variant: str
         chunker = ChunkedTeacherStudent(model(), chunk, chunk)
 
     def step(batch: dict) -> None:
-        if chunker is None:
-            with autocast():
-                probs = student(batch["features"])[0]
-            loss = F.binary_cross_entropy(probs.float(), batch["labels"])
-        else:
-            loss = psl_loss(chunker(student, batch["features"], batch["labels"], autocast=autocast), cfg.psl.alpha)
+        loss = training_loss(student, chunker, batch, cfg, autocast)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -167,8 +164,8 @@ def main() -> None:
                             {"memory": itertools.cycle(in_memory), "stream": endless(stream)}, a.steps, a.block,
                             device)
             fed, memory = r["stream"]["clips_per_s"], r["memory"]["clips_per_s"]
-            rows.append({"workload": workload, "config": str(Path(config).relative_to(REPO))
-                         if Path(config).resolve().is_relative_to(REPO) else str(config),
+            path = Path(config).resolve()
+            rows.append({"workload": workload, "config": str(path.relative_to(REPO) if path.is_relative_to(REPO) else path),
                          "model": f"{cfg.model.name} ×{cfg.model.width_mult}", "frontend": cfg.features.frontend,
                          "variant": variant, "device": device.type, "batch_size": cfg.data.batch_size,
                          "dali_threads": a.threads, "torch_threads": torch.get_num_threads(), "steps": a.steps,

@@ -15,6 +15,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Callable, ContextManager
 
 import numpy as np
 import torch
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
                 break
             torch.manual_seed(step_seed(cfg.run.seed, epoch, step, rank))
             with accelerator.accumulate(model):
-                loss = training_loss(model, chunker, batch, cfg, accelerator)
+                loss = training_loss(model, chunker, batch, cfg, accelerator.autocast)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.optim.grad_clip:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
@@ -200,12 +201,14 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def training_loss(model: torch.nn.Module, chunker: ChunkedTeacherStudent | None, batch: dict, cfg: Config,
-                  accelerator: Accelerator) -> torch.Tensor:
+                  autocast: Callable[[], ContextManager]) -> torch.Tensor:
+    """Weak clip-level BCE, or PSL's loss on chunks labelled inline by the teacher; forward passes under
+    ``autocast`` (the loop passes accelerator.autocast), the loss in fp32."""
     if chunker is None:
-        with accelerator.autocast():
+        with autocast():
             probs, _ = model(batch["features"])
         return F.binary_cross_entropy(probs.float(), batch["labels"])
-    chunks = chunker(model, batch["features"], batch["labels"], autocast=accelerator.autocast)
+    chunks = chunker(model, batch["features"], batch["labels"], autocast=autocast)
     return psl_loss(chunks, cfg.psl.alpha if cfg.psl.teacher else 0.0)
 
 
