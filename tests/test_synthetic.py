@@ -9,11 +9,9 @@ import json
 import numpy as np
 import soundfile as sf
 
+from tools import audioset
 from tools import make_synthetic as ms
-from tools.build_shards import DEFAULT_LABELS
 from trainer.data.manifest import Vocabulary, read_manifest
-
-AUDIOSET = DEFAULT_LABELS.parent
 
 
 def _strong(path):
@@ -23,11 +21,10 @@ def _strong(path):
 
 def test_vocabulary_is_real_and_label_sets_are_real_projections(synthetic_dir):
     vocab = Vocabulary.load(synthetic_dir / "class_labels_indices.csv")
-    full = Vocabulary.load(DEFAULT_LABELS)
+    full = audioset.vocabulary()
     assert len(vocab) == 6
     assert all(full.names[full.index[m]] == n for m, n in zip(vocab.mids, vocab.names))
-    real = {tuple(m for m in vocab.mids if m in s)
-            for s in ms.read_label_sets(AUDIOSET / "balanced_train_segments.csv")}
+    real = {tuple(m for m in vocab.mids if m in s) for s in audioset.label_sets("balanced_train")}
     entries = json.loads((synthetic_dir / "train.json").read_text())["data"]
     assert len(entries) == 40
     for e in entries:

@@ -23,6 +23,7 @@ from typing import Iterable, Iterator, Sequence
 
 from tqdm import tqdm
 
+from tools import audioset
 from tools.audio_io import SAMPLE_RATE, AudioError, encode_flac, load_audio, to_pcm16
 from tools.shard_writer import ShardWriter
 from tools.sources import TOO_SHORT, UNREADABLE, Item, mark_duplicates, read_source
@@ -30,7 +31,6 @@ from trainer.data.manifest import (DATASET_INFO, MANIFEST, REJECTS, VOCABULARY, 
                                    Vocabulary, write_manifest, write_weights)
 
 BUILDER_VERSION = "1"
-DEFAULT_LABELS = Path(__file__).resolve().parents[2] / "shared/data/audioset/class_labels_indices.csv"
 STATE_DIR = ".build"  # per-shard resume state inside the output directory
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
@@ -39,7 +39,7 @@ _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "M
 class BuildOptions:
     source: Path
     out: Path
-    labels: Path | None = None  # None: DEFAULT_LABELS
+    labels: Path | None = None  # None: AudioSet's 527 classes, shipped in tools/audioset
     audio_dir: Path | None = None
     workers: int = 1
     shard_size: int = 256 * 10**6
@@ -89,12 +89,11 @@ def psla_weights(label_sets: Sequence[Sequence[int]], num_classes: int, offset: 
 
 
 def load_vocabulary(path: Path | None) -> Vocabulary:
-    path = Path(path) if path else DEFAULT_LABELS
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"vocabulary {path} not found; pass --labels class_labels_indices.csv"
-            + (" (the default is the AudioSet vocabulary in ../shared/data/audioset/ beside the checkout)"
-               if path == DEFAULT_LABELS else ""))
+    """``path``, or AudioSet's 527-class vocabulary shipped with the project when None."""
+    if path is None:
+        return audioset.vocabulary()
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--labels {path}: no such file (expected a class_labels_indices.csv)")
     return Vocabulary.load(path)
 
 
@@ -303,7 +302,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     p.add_argument("source", type=Path, help="AudioSet segments .csv (with --audio-dir), PSLA .json or PSL .tsv")
     p.add_argument("--out", type=Path, required=True, help="output directory shards/NAME")
     p.add_argument("--audio-dir", type=Path, help="where the clips of an AudioSet CSV (or a PSL TSV) are")
-    p.add_argument("--labels", type=Path, help=f"class_labels_indices.csv (default {DEFAULT_LABELS})")
+    p.add_argument("--labels", type=Path,
+                   help="class_labels_indices.csv (default: AudioSet's 527 classes, shipped in tools/audioset)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     size = p.add_mutually_exclusive_group()
     size.add_argument("--shard-size", type=parse_size, default=parse_size("256MB"), help="bytes per shard, e.g. 256MB")

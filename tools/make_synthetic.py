@@ -25,21 +25,14 @@ from typing import Iterable
 import numpy as np
 import soundfile as sf
 
+from tools import audioset
 from trainer.data.manifest import Vocabulary
 
-AUDIOSET_DIR = Path(__file__).resolve().parents[2] / "shared/data/audioset"
 CLIP_SECONDS = 10.0
 MAX_CLASS_CLIPS = 1500  # leave out umbrella classes (Music, Speech, ...) that would label nearly every clip
 # (sample rate, channels, extension, subtype) cycled over clips so the builder sees real variety.
 FORMATS = [(16000, 1, "wav", "PCM_16")] * 6 + [
     (44100, 2, "wav", "FLOAT"), (48000, 2, "flac", "PCM_24"), (16000, 1, "ogg", "VORBIS"), (48000, 1, "wav", "PCM_24")]
-
-
-def read_label_sets(path: Path) -> list[list[str]]:
-    """Label sets of an AudioSet segments CSV (either form)."""
-    with open(path, newline="") as f:
-        rows = csv.reader((line for line in f if not line.startswith("#")), skipinitialspace=True)
-        return [row[3].split(",") for row in rows if len(row) >= 4 and row[0] != "YTID"]
 
 
 def choose_classes(label_sets: list[list[str]], k: int) -> list[str]:
@@ -136,13 +129,13 @@ def write_strong(path: Path, rows: Iterable[tuple]) -> None:
         w.writerows(rows)
 
 
-def make_synthetic(out: str | Path, clips: int = 600, eval_clips: int = 200, classes: int = 10, seed: int = 0,
-                   audioset_dir: str | Path = AUDIOSET_DIR) -> Vocabulary:
+def make_synthetic(out: str | Path, clips: int = 600, eval_clips: int = 200, classes: int = 10,
+                   seed: int = 0) -> Vocabulary:
     """Generate the dataset into ``out``; returns the K-class vocabulary."""
-    out, audioset_dir = Path(out), Path(audioset_dir)
-    full_vocab = Vocabulary.load(audioset_dir / "class_labels_indices.csv")
-    train_sets = read_label_sets(audioset_dir / "balanced_train_segments.csv")
-    eval_sets = read_label_sets(audioset_dir / "eval_segments.csv")
+    out = Path(out)
+    full_vocab = audioset.vocabulary()
+    train_sets = audioset.label_sets("balanced_train")
+    eval_sets = audioset.label_sets("eval")
     chosen = sorted(choose_classes(train_sets, classes), key=full_vocab.index.__getitem__)
     vocab = Vocabulary(tuple(chosen), tuple(full_vocab.names[full_vocab.index[m]] for m in chosen))
     out.mkdir(parents=True, exist_ok=True)
