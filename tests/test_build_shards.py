@@ -1,7 +1,6 @@
 """The shard builder: round trip, readers (webdataset, DALI), weights, rejects, resume, parallelism, parts, CSV forms."""
 from __future__ import annotations
 
-import csv
 import filecmp
 import io
 import json
@@ -17,12 +16,12 @@ import pytest
 import soundfile as sf
 
 import tools.build_shards as bs
+from tools import audioset
 from tools.audio_io import decode_flac, load_audio, to_pcm16
 from tools.shard_writer import read_index
 from tools.sources import MISSING_FILE, NO_LABELS, TOO_SHORT, UNKNOWN_LABEL, UNREADABLE, DUPLICATE_KEY, read_source
 from trainer.data.manifest import Vocabulary, read_manifest
 
-AUDIOSET = bs.DEFAULT_LABELS.parent
 
 
 def _opts(synthetic_dir: Path, out: Path, **kw) -> bs.BuildOptions:
@@ -135,9 +134,8 @@ def test_dali_reads_shards_with_our_index(built_shards):
 
 
 def test_weights_follow_psla_formula_on_real_balanced_labels():
-    vocab = Vocabulary.load(bs.DEFAULT_LABELS)
-    with open(AUDIOSET / "balanced_train_segments.csv", newline="") as f:
-        sets = [[vocab.index[m] for m in row["positive_labels"].split(",")] for row in csv.DictReader(f)]
+    vocab = audioset.vocabulary()
+    sets = [[vocab.index[m] for m in mids] for mids in audioset.label_sets("balanced_train")]
     assert len(sets) == 22160
     counts = np.zeros(len(vocab))
     for s in sets:
@@ -337,7 +335,7 @@ def test_audioset_csv_both_forms_and_name_forms(tmp_path):
     header_form = "YTID,start_seconds,end_seconds,positive_labels\n" + "\n".join(
         line.replace(", ", ",") for line in OFFICIAL_CSV.splitlines()[3:]) + "\n"
     (tmp_path / "header.csv").write_text(header_form)
-    vocab = Vocabulary.load(bs.DEFAULT_LABELS)
+    vocab = audioset.vocabulary()
     official = read_source(tmp_path / "official.csv", vocab, audio)
     assert official == read_source(tmp_path / "header.csv", vocab, audio)
     assert [(it.key, it.reject) for it in official] == [
@@ -355,13 +353,12 @@ def test_psl_tsv_source(tmp_path):
     sf.write(tmp_path / "a.wav", np.zeros(16000, np.int16), 16000)
     sf.write(tmp_path / "b.wav", np.zeros(16000, np.int16), 16000)
     (tmp_path / "list.tsv").write_text("filename\tlabels\tduration\na.wav\t0;137\t1.0\nb.wav\t9999\t1.0\n")
-    vocab = Vocabulary.load(bs.DEFAULT_LABELS)
+    vocab = audioset.vocabulary()
     items = read_source(tmp_path / "list.tsv", vocab)
     assert items[0].labels == (0, 137) and items[0].key == "a" and items[0].reject is None
     assert items[1].reject == UNKNOWN_LABEL
 
 
-def test_missing_default_vocabulary_is_a_clear_error(monkeypatch, tmp_path):
-    monkeypatch.setattr(bs, "DEFAULT_LABELS", tmp_path / "nope.csv")
-    with pytest.raises(FileNotFoundError, match="pass --labels"):
-        bs.load_vocabulary(None)
+def test_missing_vocabulary_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"--labels .*nope\.csv: no such file"):
+        bs.load_vocabulary(tmp_path / "nope.csv")
