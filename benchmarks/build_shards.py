@@ -1,6 +1,6 @@
 """Shard builder throughput on a synthetic set: clips/s in total and per core.
 
-    python benchmarks/build_shards.py [--clips 192] [--workers 1 2] [--data DIR]
+    python -m benchmarks.build_shards [--clips 192] [--workers 1 2] [--data DIR]
 
 Clips are 10 s, in the generator's mix of formats (60% 16 kHz PCM16 WAV, the rest 44.1/48 kHz,
 stereo, FLAC, Vorbis), so the figure includes decoding, soxr VHQ resampling and FLAC encoding.
@@ -17,10 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import dataset, write_result  # noqa: E402
-from tools.build_shards import BuildOptions, build  # noqa: E402
+from benchmarks.common import dataset, write_result
+from tools.build_shards import BuildOptions, build
 
 
 def main() -> int:

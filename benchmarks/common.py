@@ -18,11 +18,12 @@ from typing import Any
 
 import soundfile as sf
 
+from trainer.data.datasets import load_records
+from trainer.data.manifest import ShardBytes
+
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / "benchmarks" / ".cache"
 RESULTS = REPO / "benchmarks" / "results"
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 
 def dataset(clips: int) -> Path:
@@ -39,13 +40,10 @@ def dataset(clips: int) -> Path:
                     str(root / "shards"), "--labels", str(root / "synthetic" / "class_labels_indices.csv"),
                     "--workers", str(len(os.sched_getaffinity(0))), "--shard-samples", str(max(1, clips // 4)),
                     "--no-progress"], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
-    from trainer.data.datasets import load_records
-
     (root / "wav").mkdir(exist_ok=True)
+    read = ShardBytes()
     for r in load_records(str(root / "shards"))[0]:
-        with open(r.shard, "rb") as f:
-            f.seek(r.offset)
-            wave, sr = sf.read(io.BytesIO(f.read(r.size)), dtype="int16")
+        wave, sr = sf.read(io.BytesIO(read(r)), dtype="int16")
         sf.write(root / "wav" / f"{r.key}.wav", wave, sr, subtype="PCM_16")
     (root / "done").write_text("")
     return root
@@ -98,6 +96,11 @@ def rss_mb() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def run_module(name: str, *args: str, **kwargs: Any) -> subprocess.CompletedProcess:
+    """``python -m benchmarks.NAME ARGS`` in a fresh process, from the repository root."""
+    return subprocess.run([sys.executable, "-m", f"benchmarks.{name}", *args], cwd=REPO, **kwargs)
 
 
 def write_result(name: str, payload: dict[str, Any]) -> Path:

@@ -1,6 +1,6 @@
 """Loader throughput: this DALI pipeline next to the loaders it replaces, on the same clips and cores.
 
-    .venv/bin/python benchmarks/loader.py [--clips 192] [--epochs 2] [--batch 32]
+    python -m benchmarks.loader [--clips 192] [--epochs 2] [--batch 32]
 
 Loaders (each run in a fresh subprocess, so peak RSS is its own, DataLoader workers included):
   ours   TrainStream (PSLA sampling, SpecAugment 48/192, feature mixup 0.5), DALI with `threads` threads
@@ -18,11 +18,10 @@ Prints a table and writes benchmarks/results/loader.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import resource
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -30,11 +29,12 @@ import numpy as np
 import soundfile as sf
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import dataset, write_result  # noqa: E402
-from trainer.config import AugmentConfig, DataConfig, FeatureConfig  # noqa: E402
-from trainer.data.datasets import load_records  # noqa: E402
+from benchmarks.common import dataset, run_module, write_result
+from trainer.data.datasets import load_records
+from trainer.data.features import build_frontend
+from trainer.data.manifest import ShardBytes
+from trainer.data.settings import AugmentConfig, FeatureConfig, LoaderSettings
+from trainer.data.streams import TrainStream
 
 # ours_gpu: the same stream with its device on CUDA (spectrogram and mel in DALI on the GPU), where there is one
 LOADERS = ("ours", "psla", "wds", "floor") + (("ours_gpu",) if torch.cuda.is_available() else ())
@@ -87,15 +87,13 @@ class ShardFloor(torch.utils.data.Dataset):
 
     def __init__(self, records: list) -> None:
         self.records = records
+        self.read = ShardBytes()
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        r = self.records[i]
-        with open(r.shard, "rb") as f:
-            f.seek(r.offset)
-            return fit(sf.read(io.BytesIO(f.read(r.size)), dtype="float32")[0])
+        return fit(sf.read(io.BytesIO(self.read(self.records[i])), dtype="float32")[0])
 
 
 def wds_loader(shards: list[str], frontend: str, threads: int, batch: int) -> torch.utils.data.DataLoader:
@@ -109,17 +107,13 @@ def wds_loader(shards: list[str], frontend: str, threads: int, batch: int) -> to
 
 
 def our_stream(data: Path, frontend: str, threads: int, batch: int, scale: int = 1,
-               device: str = "cpu", rank: int = 0, world: int = 1) -> "TrainStream":
+               device: str = "cpu", rank: int = 0, world: int = 1) -> TrainStream:
     """Our TrainStream as the benchmarks use it; ``scale`` replicates the records (new keys, same bytes)."""
-    import dataclasses
-
-    from trainer.data.streams import TrainStream
-
     records = load_records(str(data / "shards"))[0]
     records = [dataclasses.replace(r, key=f"{r.key}-{k}") for k in range(scale) for r in records]
-    cfg = DataConfig(batch_size=batch, num_threads=threads, prefetch=2)
     aug = AugmentConfig(freqm=48, timem=192, mixup=0.5)
-    return TrainStream(records, 10, cfg, FeatureConfig(frontend=frontend), aug, 0, rank, world, torch.device(device))
+    return TrainStream(records, 10, LoaderSettings(batch, threads, prefetch=2), build_frontend(FeatureConfig(frontend)),
+                       aug, 0, rank, world, torch.device(device))
 
 
 def run_one(loader: str, frontend: str, threads: int, data: Path, epochs: int, batch: int) -> dict:
@@ -177,9 +171,9 @@ def main() -> None:
         for frontend in FRONTENDS:
             for threads in THREADS:
                 for loader in LOADERS:  # interleaved, so a noisy neighbour hits every loader alike
-                    out = subprocess.run([sys.executable, __file__, "--epochs", str(args.epochs), "--batch",
-                                          str(args.batch), "--one", loader, frontend, str(threads), str(data)],
-                                         capture_output=True, text=True, check=True)
+                    out = run_module("loader", "--epochs", str(args.epochs), "--batch", str(args.batch), "--one",
+                                     loader, frontend, str(threads), str(data), capture_output=True, text=True,
+                                     check=True)
                     runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
                     print(f"{frontend:12s} threads={threads} {loader:6s} {runs[-1]['clips_per_s']:8.1f} clips/s "
                           f"peak RSS {runs[-1]['peak_rss_mb']:7.0f} MB", flush=True)

@@ -1,6 +1,6 @@
 """Resident memory of our stream, and of training fed by it, over a long run: is it flat?
 
-    .venv/bin/python benchmarks/memory.py [--clips 192] [--epochs 48] [--train-steps 480]
+    python -m benchmarks.memory [--clips 192] [--epochs 48] [--train-steps 480]
 
 Runs TrainStream (kaldi_fbank and mel64, 2 DALI threads, batch 32) for ``--epochs`` epochs, and weak
 training steps of configs/demo.yaml's model fed by it (batch 16) for ``--train-steps`` steps, in a fresh
@@ -16,18 +16,14 @@ import argparse
 import itertools
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import REPO, dataset, rss_mb, write_result  # noqa: E402
-from loader import FRONTENDS, our_stream  # noqa: E402
-from train_step import config_stream, endless, training_step  # noqa: E402
+from benchmarks.common import REPO, dataset, rss_mb, run_module, write_result
+from benchmarks.loader import FRONTENDS, our_stream
+from benchmarks.train_step import config_stream, endless, training_step
 
 BATCH = 32
 TRAIN_BATCH = 16
@@ -80,9 +76,8 @@ def main() -> None:
     data = dataset(a.clips)
     rows = []
     for what in (*FRONTENDS, "train"):
-        out = subprocess.run([sys.executable, __file__, "--clips", str(a.clips), "--epochs", str(a.epochs),
-                              "--train-steps", str(a.train_steps), "--one", what, str(data)],
-                             capture_output=True, text=True, check=True)
+        out = run_module("memory", "--clips", str(a.clips), "--epochs", str(a.epochs), "--train-steps",
+                         str(a.train_steps), "--one", what, str(data), capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"{'run':20} {'clips':>6} {'start':>6} {'end':>6} {'max 1st half':>12} {'max 2nd half':>12}  (RSS MB)")
     for r in rows:

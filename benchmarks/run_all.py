@@ -1,6 +1,6 @@
 """The whole benchmark suite in one command, then benchmarks/results/REPORT.md and throughput.png.
 
-    .venv/bin/python benchmarks/run_all.py [--clips 192] [--skip NAME ...] [--report-only]
+    python -m benchmarks.run_all [--clips 192] [--skip NAME ...] [--report-only]
 
 Runs, each as its own process with its quick defaults (about 8 minutes on 2 cores): loader, scaling (reads
 loader.json), memory, train_step, build_shards. Each writes benchmarks/results/<name>.json with the
@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import RESULTS, dataset  # noqa: E402
+from benchmarks.common import RESULTS, dataset, run_module
 
 SUITE = ("loader", "scaling", "memory", "train_step", "build_shards")  # scaling reads loader.json
 TARGETS = {"psla": 1.5, "wds": 1.2}  # ours ≥ this × the baseline's clips/s
@@ -162,8 +158,7 @@ def main() -> None:
                 continue
             print(f"== {name}", flush=True)
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, str(Path(__file__).with_name(f"{name}.py")), "--clips", str(a.clips)],
-                           check=True)
+            run_module(name, "--clips", str(a.clips), check=True)
             print(f"== {name}: {time.perf_counter() - t0:.0f} s", flush=True)
     print(f"wrote {report()}")
 

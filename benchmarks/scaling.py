@@ -1,6 +1,6 @@
 """Scaling of our loader: per-epoch cost as the data set grows, and throughput vs threads and processes.
 
-    .venv/bin/python benchmarks/scaling.py [--clips 192] [--scales 1 4 16] [--epochs 4]
+    python -m benchmarks.scaling [--clips 192] [--scales 1 4 16] [--epochs 4]
 
 Size: one TrainStream epoch (kaldi_fbank, all cores as DALI threads, batch 32) over the synthetic set's
 records replicated ×1, ×4, ×16 (new keys, the same FLAC bytes: the page cache holds them, as it would a
@@ -25,10 +25,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import RESULTS, dataset, write_result  # noqa: E402
-from loader import our_stream  # noqa: E402
+from benchmarks.common import REPO, RESULTS, dataset, write_result
+from benchmarks.loader import our_stream
 
 FRONTEND = "kaldi_fbank"
 BATCH = 32
@@ -67,9 +65,9 @@ def process_scaling(data: Path, cores: int, epochs: int, rounds: int = 2) -> lis
     best: dict[int, dict] = {}
     for _ in range(rounds):
         for world, threads in ((1, cores), (cores, 1)):
-            procs = [subprocess.Popen([sys.executable, __file__, "--epochs", str(epochs), "--rank", str(r),
-                                       str(world), str(threads), str(data)], stdout=subprocess.PIPE, text=True)
-                     for r in range(world)]
+            procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.scaling", "--epochs", str(epochs), "--rank",
+                                       str(r), str(world), str(threads), str(data)], cwd=REPO, stdout=subprocess.PIPE,
+                                      text=True) for r in range(world)]
             outs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
             if any(p.returncode for p in procs):
                 raise SystemExit(f"a rank of the {world}-process run failed")

@@ -1,6 +1,6 @@
 """Full training steps fed by our stream vs by batches already in memory: how much the loader stalls training.
 
-    .venv/bin/python benchmarks/train_step.py [--clips 192] [--steps 32] [--block 8] [--batch N]
+    python -m benchmarks.train_step [--clips 192] [--steps 32] [--block 8] [--batch N]
         [--device auto|cpu|cuda] [--variants fp32 bf16 bf16+channels_last bf16+channels_last+compile]
         [--workloads weak psl] [--weak-config YAML] [--psl-config YAML]
 
@@ -9,7 +9,7 @@ Two workloads, each with its config's model, features, augmentation and batch si
   psl   chunks of the config's psl.chunk_seconds labelled inline by a frozen teacher (the same
         architecture, untrained: only its cost matters), the student trained on them with the config's
         alpha (default: demo_psl_2s.yaml on a CPU, psl_balanced_chunk_2sec.yaml on a GPU)
-Both steps use the trainer's own loss (trainer.run.training_loss).
+Both steps use the trainer's own loss (trainer.losses.training_loss).
 Variants ('+'-joined): fp32, bf16 (autocast), channels_last (model memory format), compile
 (torch.compile of the model); default fp32 on a CPU, all four combinations above on a GPU.
 Each is timed over ``--steps`` steps fed by TrainStream and as many fed by a list of batches taken
@@ -26,25 +26,23 @@ import argparse
 import dataclasses
 import itertools
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import REPO, dataset, write_result  # noqa: E402
-from trainer.config import Config, load_config  # noqa: E402
-from trainer.cpu_tuning import configure_cpu  # noqa: E402
-from trainer.data.datasets import load_records  # noqa: E402
-from trainer.data.features import feature_dim, frames_per_second  # noqa: E402
-from trainer.data.streams import TrainStream  # noqa: E402
-from trainer.models import build_model  # noqa: E402
-from trainer.optim import build_optimizer  # noqa: E402
-from trainer.psl import ChunkedTeacherStudent  # noqa: E402
-from trainer.run import training_loss  # noqa: E402
+from benchmarks.common import REPO, dataset, write_result
+from trainer.config import Config, load_config
+from trainer.cpu_tuning import configure_cpu
+from trainer.data.chunks import Chunking
+from trainer.data.datasets import load_records
+from trainer.data.features import build_frontend
+from trainer.data.streams import TrainStream
+from trainer.losses import training_loss
+from trainer.models import build_model
+from trainer.optim import build_optimizer
+from trainer.psl import ChunkedTeacherStudent
 
 CLASSES = 10
 VARIANT_FLAGS = {"bf16", "channels_last", "compile"}  # besides "fp32", the default
@@ -95,10 +93,8 @@ def training_step(workload: str, cfg: Config, device: torch.device, variant: str
     flags = set(variant.split("+")) - {"fp32"}
     if flags - VARIANT_FLAGS:
         raise SystemExit(f"unknown variant flag(s) in {variant!r}: {sorted(flags - VARIANT_FLAGS)}")
-    n_mels = feature_dim(cfg.features.frontend)
-
     def model() -> torch.nn.Module:
-        m = build_model(cfg.model, CLASSES, n_mels).to(device)
+        m = build_model(cfg.model, CLASSES).to(device)
         if "channels_last" in flags:
             m = m.to(memory_format=torch.channels_last)
         return torch.compile(m) if "compile" in flags else m
@@ -111,11 +107,10 @@ def training_step(workload: str, cfg: Config, device: torch.device, variant: str
 
     chunker = None
     if workload == "psl":
-        chunk = int(round((cfg.psl.chunk_seconds or 2.0) * frames_per_second(cfg.features.frontend)))
-        chunker = ChunkedTeacherStudent(model(), chunk, chunk)
+        chunker = ChunkedTeacherStudent(model(), Chunking.of(build_frontend(cfg.features), cfg.psl.chunk_seconds or 2.0))
 
     def step(batch: dict) -> None:
-        loss = training_loss(student, chunker, batch, cfg, autocast)
+        loss = training_loss(student, chunker, batch, cfg.psl.alpha, autocast)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -132,7 +127,8 @@ def config_stream(config: Path, clips: int, threads: int, batch: int | None,
     records = load_records(str(dataset(clips) / "shards"))[0]
     data_cfg = dataclasses.replace(cfg.data, num_threads=threads, batch_size=batch or cfg.data.batch_size)
     cfg = dataclasses.replace(cfg, data=data_cfg)
-    return cfg, TrainStream(records, CLASSES, data_cfg, cfg.features, cfg.augment, 0, 0, 1, device)
+    return cfg, TrainStream(records, CLASSES, data_cfg.loader(), build_frontend(cfg.features), cfg.augment, 0, 0, 1,
+                            device, weighted=data_cfg.weighted, num_samples=data_cfg.num_samples)
 
 
 def main() -> None:

@@ -1,14 +1,13 @@
-"""Helpers for tests that launch the trainer: a tiny config over the fixture shards, and launchers for
-one process and for two Accelerate CPU processes over gloo."""
+"""Helpers for tests that launch the trainer: a tiny config over the fixture shards, and a launcher for
+one or two Accelerate CPU processes over gloo (tools.launch's recipe)."""
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
+
+from tools.launch import cpu_launch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -18,8 +17,8 @@ def tiny_config(path: Path, built_shards: dict[str, Path], synthetic_dir: Path, 
     cfg = {
         "run": {"name": "tiny", "dir": str(runs), "seed": 3},
         "data": {"train": [str(built_shards["train"])], "valid_fraction": 0.2, "eval": [str(built_shards["eval"])],
-                 "strong_labels": str(synthetic_dir / "eval_strong.tsv"), "batch_size": 4, "eval_batch_size": 4,
-                 "num_threads": 1},
+                 "batch_size": 4, "num_threads": 1},
+        "evaluation": {"strong_labels": str(synthetic_dir / "eval_strong.tsv"), "batch_size": 4},
         "features": {"frontend": "mel64", "clip_seconds": 4.0},
         "augment": {"freqm": 8, "timem": 20, "mixup": 0.5},
         "model": {"name": "mobilenetv2", "width_mult": 0.35},
@@ -32,21 +31,10 @@ def tiny_config(path: Path, built_shards: dict[str, Path], synthetic_dir: Path, 
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(script: str, *args: str, processes: int = 1, check: bool = True) -> subprocess.CompletedProcess:
     """Run ``script`` under ``accelerate launch`` on the CPU with ``processes`` processes."""
-    env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    accelerate = str(Path(sys.executable).with_name("accelerate"))
-    # `--cpu --num_processes 2` would start a single process (accelerate 1.15); --multi_gpu on CPU starts two.
-    dist = ["--multi_gpu", "--num_processes", str(processes), "--main_process_port", str(free_port())] \
-        if processes > 1 else ["--num_processes", "1"]
-    cmd = [accelerate, "launch", *dist, "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           script, *args]
+    cmd, env = cpu_launch(script, args, processes)
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")

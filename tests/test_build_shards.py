@@ -230,7 +230,7 @@ def test_resume_after_interruption_gives_identical_shards(synthetic_dir, tmp_pat
         bs.build(killed, progress=False)
     monkeypatch.setattr(bs, "_encode", real_encode)
     assert sorted(p.name for p in killed.out.glob("*.tar")) == ["ds-000000.tar", "ds-000001.tar"]
-    (killed.out / "ds-000002.tar.tmp").write_bytes(b"\0" * 1000)  # as a SIGKILL would leave it
+    (killed.out / ".ds-000002.tar.tmp").write_bytes(b"\0" * 1000)  # as a SIGKILL would leave it
     finished = killed.out / "ds-000000.tar"
     mtime = finished.stat().st_mtime_ns
     bs.build(killed, progress=False)

@@ -18,9 +18,9 @@ import torch
 import torchaudio
 
 from tests.shardkit import make_dataset
-from trainer.config import DataConfig, FeatureConfig
 from trainer.data.datasets import load_records
-from trainer.data.features import feature_dim, frames_per_second
+from trainer.data.features import FRONTENDS, build_frontend
+from trainer.data.settings import FeatureConfig, LoaderSettings
 from trainer.data.streams import EvalStream
 
 CLIP = 2.0
@@ -46,9 +46,9 @@ def fit(x, n):
 
 
 def ours(records, frontend, **kw):
-    cfg = FeatureConfig(frontend=frontend, clip_seconds=CLIP, **kw)
+    frontend = build_frontend(FeatureConfig(frontend=frontend, clip_seconds=CLIP, **kw))
     out = {}
-    for b in EvalStream(records, 5, DataConfig(eval_batch_size=3), cfg, 0, 1, torch.device("cpu")):
+    for b in EvalStream(records, 5, LoaderSettings(batch_size=3), frontend, 0, 1, torch.device("cpu")):
         out.update(zip(b["keys"], b["features"]))
     return out
 
@@ -62,8 +62,8 @@ def kaldi_ref(wave, remove_dc=True, frames=250):
 
 
 def test_dims():
-    assert frames_per_second("kaldi_fbank") == frames_per_second("mel64") == 100
-    assert (feature_dim("kaldi_fbank"), feature_dim("mel64")) == (128, 64)
+    assert FRONTENDS["kaldi_fbank"].frames_per_second == FRONTENDS["mel64"].frames_per_second == 100
+    assert (FRONTENDS["kaldi_fbank"].num_mels, FRONTENDS["mel64"].num_mels) == (128, 64)
 
 
 def test_kaldi_fbank_parity(dataset):

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from trainer.config import ModelConfig
+from trainer.models.settings import ModelConfig
 from trainer.models import build_model, load_weights
 from trainer.models.pooling import AttentionPooling
 
@@ -22,25 +22,25 @@ def _check_outputs(model, x, num_classes):
 
 def test_mobilenet_clip_is_mean_of_frames():
     torch.manual_seed(0)
-    model = build_model(ModelConfig(name="mobilenetv2", width_mult=0.35), num_classes=10, n_mels=64)
+    model = build_model(ModelConfig(name="mobilenetv2", width_mult=0.35), num_classes=10)
     clip, frame = _check_outputs(model, torch.randn(2, 64, 200), 10)
     torch.testing.assert_close(clip, frame.mean(dim=1))
 
 
 def test_mobilenet_param_count():
-    model = build_model(ModelConfig(name="mobilenetv2", width_mult=1.0), num_classes=527, n_mels=64)
+    model = build_model(ModelConfig(name="mobilenetv2", width_mult=1.0), num_classes=527)
     assert sum(p.numel() for p in model.parameters()) == 2_898_383  # ≈ 2.9 M, as in PSL
 
 
 @pytest.mark.parametrize("heads", [4, 1, 0])
 def test_efficientnet_b0_outputs(heads):
     torch.manual_seed(0)
-    model = build_model(ModelConfig(name="efficientnet_b0", att_heads=heads), num_classes=7, n_mels=128)
+    model = build_model(ModelConfig(name="efficientnet_b0", att_heads=heads), num_classes=7)
     _check_outputs(model, torch.randn(2, 128, 256), 7)
 
 
 def test_efficientnet_b2_width():
-    model = build_model(ModelConfig(name="efficientnet_b2"), num_classes=7, n_mels=128)
+    model = build_model(ModelConfig(name="efficientnet_b2"), num_classes=7)
     assert model.pooling.cla.in_channels == 1408
 
 
@@ -68,11 +68,11 @@ def test_mean_pooling():
 
 def test_load_weights_strips_prefix_and_names_mismatch(tmp_path):
     cfg = ModelConfig(name="mobilenetv2", width_mult=0.35)
-    src, dst = build_model(cfg, 4, 64), build_model(cfg, 4, 64)
+    src, dst = build_model(cfg, 4), build_model(cfg, 4)
     torch.save({f"module.{k}": v for k, v in src.state_dict().items()}, tmp_path / "w.pt")
     load_weights(dst, tmp_path / "w.pt")
     for k, v in src.state_dict().items():
         torch.testing.assert_close(dst.state_dict()[k], v)
-    other = build_model(cfg, 5, 64)
+    other = build_model(cfg, 5)
     with pytest.raises(ValueError, match=r"classifier\.1\.weight"):
         load_weights(other, tmp_path / "w.pt")

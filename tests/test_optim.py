@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from trainer.config import OptimConfig
+from trainer.settings import OptimConfig
 from trainer.optim import build_optimizer, build_scheduler
 
 

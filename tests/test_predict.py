@@ -11,9 +11,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from trainer.config import Config, DataConfig, FeatureConfig, ModelConfig
+from trainer.config import Config
 from trainer.data.manifest import VOCABULARY, Vocabulary
+from trainer.data.settings import DataConfig, FeatureConfig
 from trainer.models import build_model
+from trainer.models.settings import ModelConfig
 from trainer.predict import main
 
 CLASSES = 5
@@ -23,14 +25,14 @@ CLIP_SECONDS = 5.0  # the 12 s file spans three windows, the last one partial
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("run")
-    cfg = Config(data=DataConfig(train=["/nowhere"], eval_batch_size=4, num_threads=1),
+    cfg = Config(data=DataConfig(train=["/nowhere"]),
                  features=FeatureConfig(frontend="mel64", clip_seconds=CLIP_SECONDS),
                  model=ModelConfig(name="mobilenetv2", width_mult=0.35))
     cfg.save(run / "config.yaml")
     Vocabulary(tuple(f"/m/{i}" for i in range(CLASSES)), tuple(f"Class {i}" for i in range(CLASSES))
                ).save(run / VOCABULARY)
     torch.manual_seed(0)
-    model = build_model(cfg.model, CLASSES, 64)
+    model = build_model(cfg.model, CLASSES)
     head = model.classifier[1]
     torch.nn.init.normal_(head.weight, std=0.5)  # a fresh head outputs ~0.5 everywhere; spread it out
     head.bias.data = torch.linspace(-2.0, 2.0, CLASSES)

@@ -10,23 +10,26 @@ import torch.nn.functional as F
 
 from runkit import launch, tiny_config
 from test_run import _step_losses
-from trainer.config import ConfigError, Config, ModelConfig, load_config
+from trainer.config import ConfigError, Config, load_config
+from trainer.data.chunks import Chunking
 from trainer.data.manifest import Vocabulary
+from trainer.losses import psl_loss
 from trainer.models import build_model
-from trainer.psl import ChunkedTeacherStudent, psl_loss
-from trainer.run import build_teacher
+from trainer.models.settings import ModelConfig
+from trainer.psl import ChunkedTeacherStudent
+from trainer.runs import build_teacher
 
 
 def _models():
     torch.manual_seed(0)
     cfg = ModelConfig(name="mobilenetv2", width_mult=0.35)
-    return build_model(cfg, 5, 64), build_model(cfg, 5, 64)
+    return build_model(cfg, 5), build_model(cfg, 5)
 
 
 def test_teacher_gets_no_gradients_and_keeps_its_weights():
     student, teacher = _models()
     before = copy.deepcopy(teacher.state_dict())
-    chunker = ChunkedTeacherStudent(teacher, chunk_frames=200, hop_frames=200)
+    chunker = ChunkedTeacherStudent(teacher, Chunking(frames=200, hop=200, frames_per_second=100))
     student.train()
     opt = torch.optim.Adam(student.parameters(), lr=1e-2)
     x, y = torch.randn(3, 64, 1001), (torch.rand(3, 5) > 0.5).float()
@@ -44,7 +47,7 @@ def test_teacher_gets_no_gradients_and_keeps_its_weights():
 
 def test_alpha_zero_is_weak_training_and_one_is_pure_teacher_targets():
     student, teacher = _models()
-    chunker = ChunkedTeacherStudent(teacher, chunk_frames=100, hop_frames=100)
+    chunker = ChunkedTeacherStudent(teacher, Chunking(frames=100, hop=100, frames_per_second=100))
     x, y = torch.randn(2, 64, 300), (torch.rand(2, 5) > 0.5).float()
     out = chunker(student.eval(), x, y)
     s, t, w = out.student, out.teacher, y[out.clip_index]
@@ -59,7 +62,7 @@ def test_alpha_zero_is_weak_training_and_one_is_pure_teacher_targets():
 
 def test_k_random_chunks_per_clip():
     _, teacher = _models()
-    chunker = ChunkedTeacherStudent(teacher, chunk_frames=100, hop_frames=100, chunks_per_clip=2)
+    chunker = ChunkedTeacherStudent(teacher, Chunking(frames=100, hop=100, frames_per_second=100), chunks_per_clip=2)
     student, _ = _models()
     out = chunker(student.eval(), torch.randn(3, 64, 500), torch.zeros(3, 5), generator=torch.Generator().manual_seed(1))
     assert out.clip_index.tolist() == [0, 0, 1, 1, 2, 2]
@@ -75,8 +78,8 @@ def test_teacher_with_other_features_is_refused(tmp_path):
     cfg = load_config(None, ["data.train=[x]", "features.frontend=mel64", f"psl.teacher={teacher_dir}",
                              "psl.chunk_seconds=2"], check_paths=False)
     with pytest.raises(ConfigError, match="psl.teacher: .*features"):
-        build_teacher(cfg, Vocabulary(tuple(f"/m/{i}" for i in range(5)), tuple(map(str, range(5)))), 64,
-                      torch.device("cpu"))
+        build_teacher(cfg.psl.teacher, cfg.features, Vocabulary(tuple(f"/m/{i}" for i in range(5)),
+                                                                 tuple(map(str, range(5)))), torch.device("cpu"))
 
 
 def test_two_process_psl_run_resumes_exactly(built_shards, synthetic_dir, tmp_path):

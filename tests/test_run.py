@@ -80,7 +80,9 @@ def test_killed_and_resumed_run_repeats_the_same_losses(built_shards, synthetic_
     cut = tmp_path / "runs" / "cut"
     assert (cut / "checkpoints" / "latest").read_text().strip() == "step_00000004"
     assert not (cut / "summary.json").exists()
-    launch("trainer/run.py", str(full), "run.name=cut", "run.resume=true")
+    # resumed with another run.seed: the checkpoint's seed is kept (and the difference reported)
+    proc = launch("trainer/run.py", str(full), "run.name=cut", "run.resume=true", "run.seed=4")
+    assert "run.seed 4 differs from the checkpoint's seed 3; resuming with 3" in proc.stdout
     assert _step_losses(cut) == _step_losses(tmp_path / "runs" / "full")
     assert len(_step_losses(cut)) == 6
 
@@ -104,3 +106,14 @@ def test_unreadable_override_is_a_config_error():
         load_config(None, ["data.train=[shards/x/x-{000000..000001}.tar]"], check_paths=False)
     cfg = load_config(None, ["data.train=shards/x/x-{000000..000001}.tar"], check_paths=False)
     assert cfg.data.train == ["shards/x/x-{000000..000001}.tar"]
+
+
+def test_single_shard_spec_and_options_that_do_not_apply(built_shards, synthetic_dir, tmp_path):
+    config = tiny_config(tmp_path / "tiny.yaml", built_shards, synthetic_dir, tmp_path / "runs")
+    shard = sorted(built_shards["train"].glob("*.tar"))[0]
+    assert load_config(config, [f"data.train=[{shard}]"]).data.train == [str(shard)]  # one x.tar is a dataset spec
+    with pytest.raises(ConfigError, match=r"^features\.norm_mean: does not apply to the mel64 front-end"):
+        load_config(config, ["features.norm_mean=-4.0"])
+    with pytest.raises(ConfigError, match=r"^features\.target_frames: does not apply to the mel64 front-end"):
+        load_config(config, ["features.target_frames=1000"])
+    assert load_config(config, ["features.frontend=kaldi_fbank", "features.target_frames=1000"]).features.target_frames

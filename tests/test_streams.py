@@ -1,22 +1,19 @@
 """Streams end to end on tiny shard sets: resume, rank coverage (in-process and two real processes),
 dataset resolution and the bad-input errors."""
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from runkit import launch
 from tests.shardkit import make_dataset
-from trainer.config import AugmentConfig, DataConfig, FeatureConfig
 from trainer.data.datasets import in_holdout, load_records, resolve_splits
+from trainer.data.features import build_frontend
+from trainer.data.settings import AugmentConfig, DataConfig, FeatureConfig, LoaderSettings
 from trainer.data.streams import EvalStream, TrainStream
 
-REPO = Path(__file__).resolve().parents[1]
-FEAT = FeatureConfig(frontend="mel64", clip_seconds=1.0)
+FEAT = build_frontend(FeatureConfig(frontend="mel64", clip_seconds=1.0))
 AUG = AugmentConfig(freqm=8, timem=20, mixup=0.5, time_shift=0.2, gain_db=3.0)
 CPU = torch.device("cpu")
 
@@ -29,8 +26,7 @@ def ds(tmp_path_factory):
 
 
 def train_stream(records, **kw):
-    cfg = DataConfig(batch_size=4, num_samples=30, **kw)
-    return TrainStream(records, 5, cfg, FEAT, AUG, 11, 0, 1, CPU)
+    return TrainStream(records, 5, LoaderSettings(batch_size=4, **kw), FEAT, AUG, 11, 0, 1, CPU, num_samples=30)
 
 
 def test_resume_mid_epoch_reproduces_following_batches(ds):
@@ -80,7 +76,7 @@ def test_tail_workers_give_the_same_batches(ds):
 
 def test_eval_covers_every_key_once_over_one_and_two_ranks(ds):
     records = load_records(str(ds))[0]
-    cfg = DataConfig(eval_batch_size=4)
+    cfg = LoaderSettings(batch_size=4)
     one = [k for b in EvalStream(records, 5, cfg, FEAT, 0, 1, CPU) for k in b["keys"]]
     two = [[k for b in EvalStream(records, 5, cfg, FEAT, r, 2, CPU) for k in b["keys"]] for r in range(2)]
     assert sorted(one) == sorted(r.key for r in records) and len(set(one)) == len(one)
@@ -91,42 +87,32 @@ def test_eval_covers_every_key_once_over_one_and_two_ranks(ds):
 SCRIPT = """
 import json, sys, torch
 from accelerate import Accelerator
-from trainer.config import AugmentConfig, DataConfig, FeatureConfig
 from trainer.data.datasets import load_records
+from trainer.data.features import build_frontend
+from trainer.data.settings import AugmentConfig, FeatureConfig, LoaderSettings
 from trainer.data.streams import EvalStream, TrainStream
 acc = Accelerator()
 records = load_records(sys.argv[1])[0]
-feat = FeatureConfig(frontend="mel64", clip_seconds=1.0)
-cfg = DataConfig(batch_size=3, eval_batch_size=4, num_samples=20)
+feat = build_frontend(FeatureConfig(frontend="mel64", clip_seconds=1.0))
 r, w = acc.process_index, acc.num_processes
-train = TrainStream(records, 5, cfg, feat, AugmentConfig(), 3, r, w, acc.device)
+train = TrainStream(records, 5, LoaderSettings(3), feat, AugmentConfig(), 3, r, w, acc.device, num_samples=20)
 train.set_epoch(2)
 out = {"world": w, "len": len(train), "train": [b["keys"] for b in train],
-       "eval": [b["keys"] for b in EvalStream(records, 5, cfg, feat, r, w, acc.device)]}
+       "eval": [b["keys"] for b in EvalStream(records, 5, LoaderSettings(4), feat, r, w, acc.device)]}
 json.dump(out, open(f"{sys.argv[2]}/rank{r}.json", "w"))
 """
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_real_processes(ds, tmp_path):
     script = tmp_path / "keys.py"
     script.write_text(SCRIPT)
-    env = dict(os.environ, ACCELERATE_USE_CPU="true", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    accelerate = Path(sys.executable).with_name("accelerate")
-    subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port",
-                    str(free_port()), str(script), str(ds), str(tmp_path)], env=env, check=True, timeout=180,
-                   cwd=REPO)
+    launch(str(script), str(ds), str(tmp_path), processes=2)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [r["world"] for r in ranks] == [2, 2]
     assert ranks[0]["len"] == ranks[1]["len"] == len(ranks[0]["train"]) == len(ranks[1]["train"]) == 4
     # the two ranks read disjoint slices of the single-process sequence
     records = load_records(str(ds))[0]
-    single = TrainStream(records, 5, DataConfig(batch_size=3, num_samples=24), FEAT, AugmentConfig(), 3, 0, 1, CPU)
+    single = TrainStream(records, 5, LoaderSettings(3), FEAT, AugmentConfig(), 3, 0, 1, CPU, num_samples=24)
     single.set_epoch(2)
     seq = [records[i].key for b in single.batches() for i in b]
     interleaved = [k for pair in zip(sum(ranks[0]["train"], []), sum(ranks[1]["train"], [])) for k in pair]
@@ -138,7 +124,7 @@ def test_two_real_processes(ds, tmp_path):
 def test_corrupt_member_names_shard_and_key(tmp_path):
     make_dataset(tmp_path / "bad", n=6, num_shards=2, seconds=0.5, corrupt=("ds00003",))
     records = load_records(str(tmp_path / "bad"))[0]
-    ev = EvalStream(records, 5, DataConfig(eval_batch_size=3), FEAT, 0, 1, CPU)
+    ev = EvalStream(records, 5, LoaderSettings(3), FEAT, 0, 1, CPU)
     with pytest.raises(RuntimeError, match=r"ds00003.*ds-000001\.tar"):
         list(ev)
 

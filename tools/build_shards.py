@@ -27,6 +27,7 @@ from tools import audioset
 from tools.audio_io import SAMPLE_RATE, AudioError, encode_flac, load_audio, to_pcm16
 from tools.shard_writer import ShardWriter
 from tools.sources import TOO_SHORT, UNREADABLE, Item, mark_duplicates, read_source
+from trainer.data.atomic import atomic_write
 from trainer.data.manifest import (DATASET_INFO, MANIFEST, REJECTS, VOCABULARY, WEIGHTS, ShardRecord,
                                    Vocabulary, write_manifest, write_weights)
 
@@ -147,7 +148,7 @@ def _resume(opts: BuildOptions, fingerprint: str) -> tuple[int, int, list[ShardR
         records += [ShardRecord.from_json(json.dumps(r)) for r in st["records"]]
         rejects += st["rejects"]
         start, shard = st["consumed"], shard + 1
-    stale = re.compile(rf"{re.escape(prefix)}-(\d{{6}})\.(tar|idx|json)(\.tmp)?")
+    stale = re.compile(rf"\.?{re.escape(prefix)}-(\d{{6}})\.(tar|idx|json)(\.tmp)?")  # finished or temp_path
     for d in (opts.out, state_dir):
         for p in d.iterdir() if d.is_dir() else ():
             m = stale.fullmatch(p.name)
@@ -156,10 +157,9 @@ def _resume(opts: BuildOptions, fingerprint: str) -> tuple[int, int, list[ShardR
     return shard, start, records, rejects
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _write_text(path: Path, text: str) -> None:
+    with atomic_write(path) as f:
+        f.write(text)
 
 
 def _results(jobs: list, workers: int) -> Iterator[tuple]:
@@ -194,7 +194,7 @@ def build(opts: BuildOptions, progress: bool = True) -> BuildResult:
         state = {"fingerprint": fingerprint, "consumed": consumed,
                  "records": [json.loads(r.to_json()) for r in shard_records], "rejects": shard_rejects}
         # State before the tar: an existing tar then always has its state and index.
-        _atomic_write(opts.out / STATE_DIR / f"{writer.tar_path.stem}.json", json.dumps(state))
+        _write_text(opts.out / STATE_DIR / f"{writer.tar_path.stem}.json", json.dumps(state))
         writer.close()
         records.extend(shard_records)
         rejects.extend(shard_rejects)
@@ -256,7 +256,7 @@ def _finalize(opts: BuildOptions, vocab: Vocabulary, records: list[ShardRecord],
     write_manifest(out / MANIFEST, records)
     write_weights(out / WEIGHTS, weights)
     vocab.save(out / VOCABULARY)
-    _atomic_write(out / REJECTS, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects))
+    _write_text(out / REJECTS, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects))
     class_counts = [0] * len(vocab)
     for r in records:
         for c in r.labels:
@@ -278,7 +278,7 @@ def _finalize(opts: BuildOptions, vocab: Vocabulary, records: list[ShardRecord],
         "weight_offset": opts.weight_offset,
         "options": _options_json(opts),
     }
-    _atomic_write(out / DATASET_INFO, json.dumps(info, indent=1) + "\n")
+    _write_text(out / DATASET_INFO, json.dumps(info, indent=1) + "\n")
 
 
 def _write_part(opts: BuildOptions, records: list[ShardRecord], rejects: list[dict]) -> None:
@@ -286,7 +286,7 @@ def _write_part(opts: BuildOptions, records: list[ShardRecord], rejects: list[di
     out = opts.out
     tag = f"p{opts.part}-of-{opts.num_parts}"
     write_manifest(out / f"manifest.{tag}.jsonl", records)
-    _atomic_write(out / f"rejects.{tag}.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects))
+    _write_text(out / f"rejects.{tag}.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects))
     parts = [(out / f"manifest.p{i}-of-{opts.num_parts}.jsonl", out / f"rejects.p{i}-of-{opts.num_parts}.jsonl")
              for i in range(opts.num_parts)]
     if all(m.is_file() and r.is_file() for m, r in parts):

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from tools.launch import cpu_launch
 
 DATA = Path("data/demo")
 RUNS = [("teacher (weak 10 s)", "demo"), ("weak-2s baseline", "demo_weak_2s"), ("PSL-2s", "demo_psl_2s")]
@@ -22,24 +22,9 @@ def sh(*args: str, env: dict[str, str] | None = None) -> None:
     subprocess.run(args, check=True, env=env)
 
 
-def free_port() -> int:
-    """A port nothing listens on now, for the rendezvous: a fixed one made two demos on one machine collide."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def launch(config: str, overrides: list[str], processes: int) -> None:
-    env = dict(os.environ)
-    if processes > 1:
-        # `accelerate launch --cpu --num_processes 2` starts one process (accelerate 1.15); this starts two over gloo.
-        env["ACCELERATE_USE_CPU"] = "true"
-        cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
-    else:
-        cmd = ["accelerate", "launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
-               "--dynamo_backend", "no"]
-    sh(*cmd, "trainer/run.py", config, *overrides, env=env)
+    cmd, env = cpu_launch("trainer/run.py", [config, *overrides], processes)
+    sh(*cmd, env=env)
 
 
 def build_data(clips: int, eval_clips: int) -> None:

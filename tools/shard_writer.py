@@ -2,8 +2,8 @@
 
 Shards are byte-identical for identical samples: every member gets mtime 0, uid/gid 0, empty
 owner names and mode 0o644, and a sample's members are written in sorted name order. The tar and
-its index are written under temporary names and renamed, index first, so an existing ``.tar``
-always means a finished shard with its index beside it.
+its index are written under temporary names (``trainer.data.atomic``) and renamed, index first, so an
+existing ``.tar`` always means a finished shard with its index beside it.
 """
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from trainer.data.atomic import atomic_write, temp_path
 
 TAR_BLOCK = 512
 IDX_VERSION = "v1.2"  # the format DALI's wds2idx writes and fn.readers.webdataset reads
@@ -48,7 +50,7 @@ class ShardWriter:
     def __init__(self, tar_path: str | Path) -> None:
         self.tar_path = Path(tar_path)
         self.idx_path = self.tar_path.with_suffix(".idx")
-        self._tmp = self.tar_path.with_name(self.tar_path.name + ".tmp")
+        self._tmp = temp_path(self.tar_path)
         self._tar = tarfile.open(self._tmp, "w", format=tarfile.GNU_FORMAT)
         self.samples: list[list[Member]] = []
 
@@ -73,9 +75,7 @@ class ShardWriter:
 
     def close(self) -> None:
         self._tar.close()
-        idx_tmp = self.idx_path.with_name(self.idx_path.name + ".tmp")
-        write_index(idx_tmp, self.samples)
-        os.replace(idx_tmp, self.idx_path)
+        write_index(self.idx_path, self.samples)
         os.replace(self._tmp, self.tar_path)
 
     def abort(self) -> None:
@@ -85,7 +85,7 @@ class ShardWriter:
 
 def write_index(path: str | Path, samples: list[list[Member]]) -> None:
     """DALI v1.2 index: ``v1.2 N``, then per sample ``ext offset size name`` for each member."""
-    with open(path, "w") as f:
+    with atomic_write(path) as f:
         f.write(f"{IDX_VERSION} {len(samples)}\n")
         for members in samples:
             f.write(" ".join(f"{split_name(m.name)[1]} {m.offset} {m.size} {m.name}" for m in members) + "\n")

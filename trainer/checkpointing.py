@@ -14,21 +14,17 @@ from typing import Any, Optional
 import torch
 from accelerate import Accelerator
 
+from trainer.data.atomic import atomic_write, temp_path
+
 PROGRESS = "progress.json"
 KEEP = 2  # finished checkpoints kept; the newest is the one resumed from
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, progress: dict[str, Any]) -> Path:
     """Collective: every rank calls it. ``progress`` is JSON (epoch, step, data stream state, ...)."""
     root = run_dir / "checkpoints"
     final = root / f"step_{step:08d}"
-    tmp = root / f".tmp_step_{step:08d}"
+    tmp = temp_path(final)
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -38,7 +34,8 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, progress
         (tmp / PROGRESS).write_text(json.dumps(progress))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        _write_atomic(root / "latest", final.name)
+        with atomic_write(root / "latest") as f:
+            f.write(final.name)
         for old in sorted(root.glob("step_*"))[:-KEEP]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -61,17 +58,21 @@ def find_checkpoint(resume: bool | str, run_dir: Path) -> Optional[Path]:
     raise FileNotFoundError(f"run.resume: {path} holds no finished checkpoint")
 
 
+def read_progress(path: Path) -> dict[str, Any]:
+    """The progress a checkpoint was saved with (epoch, step, seed, data stream state, ...)."""
+    return json.loads((path / PROGRESS).read_text())
+
+
 def load_checkpoint(accelerator: Accelerator, path: Path) -> dict[str, Any]:
     accelerator.load_state(str(path))
-    return json.loads((path / PROGRESS).read_text())
+    return read_progress(path)
 
 
 def save_weights(state_dict: dict[str, torch.Tensor], path: Path) -> None:
     """A plain state dict of the unwrapped model (for WA, the best model, teachers and predict)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state_dict, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path, "wb") as f:
+        torch.save(state_dict, f)
 
 
 def weights_path(path: str | Path) -> Path:

@@ -1,113 +1,30 @@
 """Run configuration: YAML files with dotted command-line overrides, validated up front.
 
-Every section is a dataclass; an unknown key, a wrong type or a missing dataset is one clear error
-naming the dotted key. The resolved config is saved in the run directory with every run.
+The sections are the packages' own settings dataclasses (trainer/data/settings.py,
+trainer/models/settings.py, trainer/settings.py); this module composes them, loads YAML into them, validates
+the whole and saves it. An unknown key, a wrong type or a missing dataset is one clear error naming the
+dotted key. The resolved config is saved in the run directory with every run.
 """
 from __future__ import annotations
 
 import dataclasses
-import glob
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Union
 
 import yaml
+
+from trainer.data.datasets import spec_exists
+from trainer.data.features import build_frontend
+from trainer.data.settings import AugmentConfig, DataConfig, FeatureConfig
+from trainer.models.settings import ModelConfig
+from trainer.settings import EvalConfig, OptimConfig, PSLConfig, RunConfig, TrainConfig
 
 
 class ConfigError(ValueError):
     """A config problem, always naming the dotted key it is about."""
-
-
-@dataclass
-class RunConfig:
-    name: str = "run"
-    dir: str = "runs"  # the run directory is {dir}/{name}
-    seed: int = 0
-    resume: Union[bool, str] = False  # true: latest checkpoint of this run; a path: that checkpoint
-
-
-@dataclass
-class DataConfig:
-    train: list[str] = field(default_factory=list)  # dataset dirs or brace-expanded shard patterns
-    valid: list[str] = field(default_factory=list)  # empty: hold out valid_fraction of train
-    valid_fraction: float = 0.1
-    eval: list[str] = field(default_factory=list)
-    select_on: Literal["valid", "eval"] = "valid"  # the split that picks the best epoch
-    strong_labels: Optional[str] = None  # AudioSet strong-format TSV for chunk-level evaluation
-    eval_chunk_seconds: float = 2.0  # chunk length of the chunk-level evaluation
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    weighted: bool = True  # PSLA balanced sampling: draws ∝ weights.csv, with replacement
-    num_samples: Optional[int] = None  # draws per epoch; default: training set size
-    num_threads: int = 2  # DALI CPU threads per process
-    prefetch: int = 2  # DALI prefetch queue depth
-
-
-@dataclass
-class FeatureConfig:
-    frontend: Literal["kaldi_fbank", "mel64"] = "kaldi_fbank"
-    clip_seconds: float = 10.0  # waveforms are padded or cropped to this before features
-    target_frames: Optional[int] = None  # kaldi_fbank: pad/crop frames (PSLA 1056, AST 1024)
-    norm_mean: Optional[float] = None  # None: the front-end default (PSLA's -4.6476 for kaldi_fbank)
-    norm_std: Optional[float] = None
-
-
-@dataclass
-class AugmentConfig:
-    freqm: int = 0  # SpecAugment frequency mask width (PSLA 48)
-    timem: int = 0  # SpecAugment time mask width (PSLA 192)
-    mixup: float = 0.0  # PSLA mixup rate: the fraction of clips mixed with another
-    mixup_alpha: float = 10.0  # λ ~ Beta(alpha, alpha)
-    batch_mixup_alpha: float = 0.0  # >0: every clip mixed with a permuted partner, λ ~ Beta(α, α)
-    time_shift: float = 0.0  # max random roll, seconds
-    gain_db: float = 0.0  # max random gain, ± dB
-
-
-@dataclass
-class ModelConfig:
-    name: Literal["mobilenetv2", "efficientnet_b0", "efficientnet_b2"] = "mobilenetv2"
-    width_mult: float = 1.0
-    att_heads: int = 4  # EfficientNet attention pooling heads (0: mean pooling)
-    dropout: float = 0.2
-    init: Optional[str] = None  # a local checkpoint (a run directory or a weights file)
-
-
-@dataclass
-class OptimConfig:
-    lr: float = 1e-3
-    epochs: int = 10
-    warmup_steps: int = 1000
-    lrscheduler_start: int = 10  # epoch from which the lr decays ...
-    lrscheduler_step: int = 5  # ... every this many epochs ...
-    lrscheduler_decay: float = 0.5  # ... by this factor (PSLA)
-    weight_decay: float = 5e-7
-    betas: tuple[float, float] = (0.95, 0.999)
-    grad_clip: Optional[float] = None
-    grad_accum: int = 1
-
-
-@dataclass
-class TrainConfig:
-    precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
-    cpu_threads: Optional[int] = None  # torch threads per process on CPU; None: cores / local processes
-    steps_per_epoch: Optional[int] = None  # cap, for demos and tests
-    save_every_steps: int = 0  # 0: only at epoch ends
-    wa_start: int = 1  # weight averaging over epochs wa_start..wa_end (1-based, inclusive)
-    wa_end: Optional[int] = None  # default: the last epoch
-    log_every: int = 10
-    stop_after_steps: Optional[int] = None  # tests: exit abruptly after this many steps, as a kill would
-    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
-
-
-@dataclass
-class PSLConfig:
-    teacher: Optional[str] = None  # a run directory whose best checkpoint is the frozen teacher
-    alpha: float = 1.0  # loss = alpha * BCE(student, teacher) + (1 - alpha) * BCE(student, weak labels)
-    chunk_seconds: Optional[float] = None  # None: train on whole clips
-    chunk_hop: Optional[float] = None  # default: chunk_seconds
-    chunks_per_clip: Optional[int] = None  # None: all chunks; k: k random chunks per clip
 
 
 @dataclass
@@ -119,6 +36,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
     psl: PSLConfig = field(default_factory=PSLConfig)
 
     @property
@@ -276,7 +194,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (), check_paths:
 def _validate(cfg: Config, check_paths: bool) -> None:
     positive = {
         "data.batch_size": cfg.data.batch_size,
-        "data.eval_batch_size": cfg.data.eval_batch_size,
+        "evaluation.batch_size": cfg.evaluation.batch_size,
         "data.num_threads": cfg.data.num_threads,
         "optim.epochs": cfg.optim.epochs,
         "optim.lr": cfg.optim.lr,
@@ -298,22 +216,20 @@ def _validate(cfg: Config, check_paths: bool) -> None:
     if not cfg.data.train:
         raise ConfigError("data.train: at least one dataset is required")
     if not cfg.data.valid and not 0.0 < cfg.data.valid_fraction < 1.0:
-        raise ConfigError(f"data.valid_fraction: must be in (0, 1) when data.valid is empty")
-    if cfg.data.select_on == "eval" and not cfg.data.eval:
-        raise ConfigError("data.select_on: 'eval' needs data.eval")
+        raise ConfigError("data.valid_fraction: must be in (0, 1) when data.valid is empty")
+    if cfg.evaluation.select_on == "eval" and not cfg.data.eval:
+        raise ConfigError("evaluation.select_on: 'eval' needs data.eval")
+    try:
+        build_frontend(cfg.features)
+    except ValueError as e:  # an option that does not apply to the front-end
+        raise ConfigError(f"features.{e}") from None
     if check_paths:
         for split in ("train", "valid", "eval"):
             for i, spec in enumerate(getattr(cfg.data, split)):
-                if not dataset_exists(spec):
+                if not spec_exists(spec):
                     raise ConfigError(f"data.{split}[{i}]: {spec} does not exist (build it with tools.build_shards)")
-        for key, p in (("psl.teacher", cfg.psl.teacher), ("data.strong_labels", cfg.data.strong_labels),
-                       ("model.init", cfg.model.init)):
+        for key, p in (("psl.teacher", cfg.psl.teacher), ("model.init", cfg.model.init),
+                       ("evaluation.strong_labels", cfg.evaluation.strong_labels)):
             if p is not None and not Path(p).exists():
                 raise ConfigError(f"{key}: {p} does not exist")
 
-
-def dataset_exists(spec: str) -> bool:
-    """A dataset is a directory, or a shard pattern with ``{000000..000199}`` brace ranges."""
-    if "{" not in spec:
-        return Path(spec).is_dir()
-    return Path(spec).parent.is_dir()

@@ -4,9 +4,8 @@
   process its share of the cores.
 - glibc serves every allocation above its (dynamic) mmap threshold with a fresh mmap and returns it on
   free, so each training step page-faults its activations in again; the faults stall torch's other
-  threads, which spin meanwhile. Measured on 2 cores (MobileNetV2 ×0.5, batch 32, 64 × 1001 log-mels):
-  sys time 5–12 s → ~0 s per 128 clips and up to 3× the step throughput. Keeping freed memory in the
-  heap costs RSS that stays at the peak of a step, which a training process reaches anyway.
+  threads, which spin meanwhile (benchmarks/NOTES.md, "CPU training settings"). Keeping freed memory in
+  the heap costs RSS that stays at the peak of a step, which a training process reaches anyway.
 """
 from __future__ import annotations
 

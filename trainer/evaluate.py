@@ -14,7 +14,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
-from trainer.data.chunks import split_chunks
+from trainer.data.atomic import atomic_write
+from trainer.data.chunks import Chunking
 from trainer.data.strong_labels import Event, chunk_targets, events_for_key
 from trainer.metrics import keys_digest, tagging_metrics
 
@@ -26,9 +27,8 @@ class Predictions:
     targets: np.ndarray  # N × C
 
     def save(self, path: str | Path) -> None:
-        tmp = Path(path).with_suffix(".tmp.npz")
-        np.savez_compressed(tmp, keys=np.array(self.keys), probs=self.probs, targets=self.targets)
-        tmp.replace(path)
+        with atomic_write(path, "wb") as f:
+            np.savez_compressed(f, keys=np.array(self.keys), probs=self.probs, targets=self.targets)
 
     @classmethod
     def load(cls, path: str | Path) -> "Predictions":
@@ -73,8 +73,7 @@ def predict_chunks(
     stream: Iterable[dict],
     accelerator: Accelerator,
     strong: dict[str, list[Event]],
-    chunk_frames: int,
-    frames_per_second: float,
+    chunking: Chunking,
 ) -> Optional[Predictions]:
     """Chunk-level probabilities against true chunk labels from strong annotations.
 
@@ -86,11 +85,11 @@ def predict_chunks(
     for batch in stream:
         if not batch["keys"]:
             continue
-        chunks, clip_index, spans = split_chunks(batch["features"], chunk_frames, chunk_frames)
+        chunks, clip_index, spans = chunking.split(batch["features"])
         with accelerator.autocast():
             probs, _ = model(chunks)
         probs = probs.float().cpu().numpy()
-        spans_s = spans.cpu().numpy() / frames_per_second
+        spans_s = chunking.to_seconds(spans).numpy()
         clip_index = clip_index.cpu().numpy()
         for i, key in enumerate(batch["keys"]):
             events = events_for_key(strong, key)

@@ -6,7 +6,7 @@ from typing import Iterable
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from .config import OptimConfig
+from trainer.settings import OptimConfig
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Adam:

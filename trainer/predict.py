@@ -10,7 +10,7 @@ the run's resolved feature config (``config.yaml``; run.py saves it after fillin
 normalisation stats). A file longer than ``features.clip_seconds`` is cut into consecutive windows of
 that length, the last one zero-padded as a short training clip is; its clip probabilities are the mean
 over windows weighted by the seconds of audio in each. The timeline applies the model to
-``chunk_seconds`` chunks of each window's features (:func:`split_chunks`, as PSL training does), so
+``chunk_seconds`` chunks of each window's features (:class:`Chunking`, as PSL training does), so
 chunks restart at every window boundary (10 s clips, 3 s chunks: 0–3, 3–6, 6–9, 9–10, 10–13 …).
 A missing or unreadable file is reported by name after the others' results, and the exit status is 1.
 """
@@ -26,25 +26,16 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
-from trainer.config import Config, ConfigError, load_config
+from trainer.config import ConfigError
 from trainer.data.audio import SAMPLE_RATE, AudioError, encode_flac, load_audio, to_pcm16
-from trainer.data.chunks import split_chunks
-from trainer.data.features import FrontEnd, feature_dim, frames_per_second
-from trainer.data.manifest import VOCABULARY, ShardRecord, Vocabulary
+from trainer.data.chunks import Chunking
+from trainer.data.manifest import ShardRecord, Vocabulary
+from trainer.data.settings import LoaderSettings
 from trainer.data.streams import EvalStream
-from trainer.models import build_model, load_weights
+from trainer.runs import Run, load_run
 
-
-@dataclass
-class Run:
-    """A trained run ready to predict: its resolved config, vocabulary and model (eval mode, on device)."""
-
-    config: Config
-    vocab: Vocabulary
-    model: nn.Module
-    device: torch.device
+LOADER = LoaderSettings(batch_size=16)  # windows per batch; a file is a few windows
 
 
 @dataclass
@@ -60,20 +51,6 @@ class FilePrediction:
     duration: float  # seconds
     probs: np.ndarray  # C, clip probabilities (window mean)
     chunks: list[Chunk]
-
-
-def load_run(run_dir: str | Path, weights: str = "best", device: torch.device | None = None) -> Run:
-    """Load ``run_dir``'s config.yaml, vocabulary and ``models/{weights}.pt``."""
-    run_dir = Path(run_dir)
-    cfg = load_config(run_dir / "config.yaml", check_paths=False)
-    vocab = Vocabulary.load(run_dir / VOCABULARY)
-    path = run_dir / "models" / f"{weights}.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such weights file; did that run finish training?")
-    model = build_model(cfg.model, len(vocab), feature_dim(cfg.features.frontend))
-    load_weights(model, path)
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return Run(cfg, vocab, model.to(device).eval(), device)
 
 
 def _encode_windows(path: str, file_index: int, clip_samples: int, tmp: Path) -> list[ShardRecord]:
@@ -97,12 +74,8 @@ def _encode_windows(path: str, file_index: int, clip_samples: int, tmp: Path) ->
 def predict_files(run: Run, paths: Sequence[str], chunk_seconds: float = 2.0
                   ) -> tuple[list[FilePrediction], list[tuple[str, str]]]:
     """Predictions for the readable files in input order, and (path, error) for the others."""
-    if chunk_seconds <= 0:
-        raise ValueError(f"chunk_seconds must be positive, got {chunk_seconds}")
-    feat_cfg = run.config.features
-    clip_samples = FrontEnd.from_config(feat_cfg).clip_samples
-    fps = frames_per_second(feat_cfg.frontend)
-    chunk_frames = max(1, round(chunk_seconds * fps))
+    chunking = Chunking.of(run.frontend, chunk_seconds)
+    clip_samples = run.frontend.clip_samples
     errors: list[tuple[str, str]] = []
     windows: dict[int, list[ShardRecord]] = {}
     with tempfile.TemporaryDirectory(prefix="predict-") as tmp:
@@ -117,16 +90,17 @@ def predict_files(run: Run, paths: Sequence[str], chunk_seconds: float = 2.0
         clip_probs: dict[str, np.ndarray] = {}
         chunk_rows: dict[str, list[tuple[float, float, np.ndarray]]] = {}
         if records:
-            stream = EvalStream(records, len(run.vocab), run.config.data, feat_cfg, 0, 1, run.device)
+            stream = EvalStream(records, len(run.vocab), LOADER, run.frontend, 0, 1, run.device)
             for batch in stream:
                 x = batch["features"]
                 probs, _ = run.model(x)
-                chunks, clip_index, spans = split_chunks(x, chunk_frames, chunk_frames)
+                chunks, clip_index, spans = chunking.split(x)
                 cprobs, _ = run.model(chunks)
-                cprobs, clip_index, spans = cprobs.cpu().numpy(), clip_index.cpu().numpy(), spans.cpu().numpy()
+                cprobs, clip_index = cprobs.cpu().numpy(), clip_index.cpu().numpy()
+                spans = chunking.to_seconds(spans).numpy()
                 for b, key in enumerate(batch["keys"]):
                     clip_probs[key] = probs[b].cpu().numpy()
-                    chunk_rows[key] = [(spans[j, 0] / fps, spans[j, 1] / fps, cprobs[j])
+                    chunk_rows[key] = [(float(spans[j, 0]), float(spans[j, 1]), cprobs[j])
                                        for j in np.flatnonzero(clip_index == b)]
 
     results = []

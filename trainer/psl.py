@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from typing import Callable, ContextManager, Optional
 
 import torch
-import torch.nn.functional as F
 
-from trainer.data.chunks import split_chunks
+from trainer.data.chunks import Chunking
 
 
 @dataclass
@@ -32,19 +31,13 @@ class ChunkedTeacherStudent:
     contributes all its chunks); k keeps k random chunks per clip, drawn from ``generator``.
     """
 
-    def __init__(
-        self,
-        teacher: Optional[torch.nn.Module],
-        chunk_frames: int,
-        hop_frames: int,
-        chunks_per_clip: Optional[int] = None,
-    ) -> None:
+    def __init__(self, teacher: Optional[torch.nn.Module], chunking: Chunking,
+                 chunks_per_clip: Optional[int] = None) -> None:
         self.teacher = teacher
         if teacher is not None:
             teacher.eval()
             teacher.requires_grad_(False)
-        self.chunk_frames = chunk_frames
-        self.hop_frames = hop_frames
+        self.chunking = chunking
         self.chunks_per_clip = chunks_per_clip
         self.teacher_seconds = 0.0  # wall time spent in the teacher, so the log can show its cost
 
@@ -56,7 +49,7 @@ class ChunkedTeacherStudent:
         autocast: Callable[[], ContextManager] = contextlib.nullcontext,  # the loop passes accelerator.autocast
         generator: Optional[torch.Generator] = None,
     ) -> ChunkBatch:
-        chunks, clip_index, _ = split_chunks(features, self.chunk_frames, self.hop_frames)
+        chunks, clip_index, _ = self.chunking.split(features)
         if self.chunks_per_clip is not None:
             keep = self._pick(clip_index, generator)
             chunks, clip_index = chunks[keep], clip_index[keep]
@@ -82,12 +75,3 @@ class ChunkedTeacherStudent:
             keep.append(idx[torch.argsort(scores[idx])[: self.chunks_per_clip]])
         return torch.sort(torch.cat(keep)).values
 
-
-def psl_loss(batch: ChunkBatch, alpha: float) -> torch.Tensor:
-    """α · BCE(student, teacher) + (1 − α) · BCE(student, weak labels). α = 1 is PSL, α = 0.5
-    teacher-student, α = 0 (or no teacher) plain weak-label training on chunks."""
-    weak = F.binary_cross_entropy(batch.student, batch.weak)
-    if batch.teacher is None or alpha == 0.0:
-        return weak
-    pseudo = F.binary_cross_entropy(batch.student, batch.teacher)
-    return alpha * pseudo + (1.0 - alpha) * weak

@@ -8,6 +8,8 @@ from typing import Any
 
 import matplotlib
 
+from trainer.data.atomic import atomic_write
+
 matplotlib.use("Agg")  # runs are headless
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -40,14 +42,14 @@ def truncate_rows(path: Path, keep: int) -> None:
 
 
 def write_result(path: Path, metrics: dict[str, Any]) -> None:
-    with open(path, "w", newline="") as f:
+    with atomic_write(path, newline="") as f:
         w = csv.writer(f)
         w.writerow(RESULT_FIELDS)
         w.writerow([metrics[k] for k in RESULT_FIELDS])
 
 
 def write_per_class(path: Path, metrics: dict[str, Any]) -> None:
-    with open(path, "w", newline="") as f:
+    with atomic_write(path, newline="") as f:
         w = csv.writer(f)
         w.writerow(["class", "AP"])
         for name, ap in metrics["per_class_ap"].items():
@@ -59,7 +61,8 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_summary(path: Path, summary: dict[str, Any]) -> None:
-    path.write_text(json.dumps(summary, indent=2) + "\n")
+    with atomic_write(path) as f:
+        f.write(json.dumps(summary, indent=2) + "\n")
 
 
 def plot_curves(metrics_csv: Path, out_png: Path) -> None:

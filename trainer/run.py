@@ -15,30 +15,32 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Callable, ContextManager
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm import tqdm
 
 from trainer import results
 from trainer.averaging import average_state_dicts
-from trainer.checkpointing import find_checkpoint, load_checkpoint, save_checkpoint, save_weights, weights_path
+from trainer.checkpointing import find_checkpoint, load_checkpoint, read_progress, save_checkpoint, save_weights, \
+    weights_path
 from trainer.config import Config, ConfigError, load_config
 from trainer.cpu_tuning import configure_cpu
+from trainer.data.chunks import Chunking
 from trainer.data.datasets import resolve_splits
-from trainer.data.features import feature_dim, frames_per_second
+from trainer.data.features import FrontEnd, build_frontend
 from trainer.data.manifest import VOCABULARY, Vocabulary
 from trainer.data.streams import EvalStream, TrainStream
 from trainer.data.strong_labels import load_strong_labels
 from trainer.ensemble import mean_predictions
 from trainer.evaluate import Predictions, predict_chunks, predict_clips
+from trainer.losses import training_loss
 from trainer.models import build_model, load_weights
 from trainer.optim import build_optimizer, build_scheduler
-from trainer.psl import ChunkedTeacherStudent, psl_loss
+from trainer.psl import ChunkedTeacherStudent
+from trainer.runs import build_teacher
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -67,46 +69,51 @@ def main(argv: list[str] | None = None) -> dict:
         log_with=cfg.train.trackers or None,
         project_dir=str(run_dir),
     )
-    set_seed(cfg.run.seed)
     rank, world = accelerator.process_index, accelerator.num_processes
     if accelerator.device.type == "cpu":
         configure_cpu(int(os.environ.get("LOCAL_WORLD_SIZE", world)), cfg.train.cpu_threads)
     log = accelerator.print
+    checkpoint = find_checkpoint(cfg.run.resume, run_dir)
+    if checkpoint is not None:  # a resumed run repeats the interrupted one: it keeps that run's seed
+        seed = read_progress(checkpoint)["seed"]
+        if seed != cfg.run.seed:
+            log(f"warning: run.seed {cfg.run.seed} differs from the checkpoint's seed {seed}; resuming with {seed}")
+            cfg.run.seed = seed
+    set_seed(cfg.run.seed)
 
     # ---- 1. Data -------------------------------------------------------------------------------
     data = resolve_splits(cfg.data)
     vocab = data.vocab
     cfg.features = data.feature_config(cfg.features)  # normalisation stats from dataset.json where unset
+    frontend = build_frontend(cfg.features)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.yaml")  # resolved: predict and PSL teachers rebuild the same features from it
         vocab.save(run_dir / VOCABULARY)
         accelerator.init_trackers(cfg.run.name, config=_flat(cfg.to_dict()))
     accelerator.wait_for_everyone()
-    stream_args = dict(vocab_size=len(vocab), data_cfg=cfg.data, feat_cfg=cfg.features, rank=rank,
-                       world_size=world, device=accelerator.device)
-    train = TrainStream(data.train, aug_cfg=cfg.augment, seed=cfg.run.seed, **stream_args)
-    splits = {"valid": EvalStream(data.valid, **stream_args)}
+    where = dict(rank=rank, world_size=world, device=accelerator.device)
+    train = TrainStream(data.train, len(vocab), cfg.data.loader(), frontend, cfg.augment, cfg.run.seed, **where,
+                        weighted=cfg.data.weighted, num_samples=cfg.data.num_samples)
+    eval_loader = cfg.data.loader(cfg.evaluation.batch_size)
+    splits = {"valid": EvalStream(data.valid, len(vocab), eval_loader, frontend, **where)}
     if data.eval:
-        splits["eval"] = EvalStream(data.eval, **stream_args)
+        splits["eval"] = EvalStream(data.eval, len(vocab), eval_loader, frontend, **where)
     result_split = "eval" if "eval" in splits else "valid"
-    strong = load_strong_labels(cfg.data.strong_labels, vocab) if cfg.data.strong_labels else None
+    strong = load_strong_labels(cfg.evaluation.strong_labels, vocab) if cfg.evaluation.strong_labels else None
     steps_per_epoch = min(len(train), cfg.train.steps_per_epoch or len(train))
     log(f"data: {len(data.train)} train, {len(data.valid)} valid, {len(data.eval)} eval clips; "
         f"{len(vocab)} classes; {steps_per_epoch} steps/epoch on each of {world} processes")
 
     # ---- 2. Models -----------------------------------------------------------------------------
-    n_mels = feature_dim(cfg.features.frontend)
-    fps = frames_per_second(cfg.features.frontend)
-    model = build_model(cfg.model, len(vocab), n_mels)
+    model = build_model(cfg.model, len(vocab))
     if cfg.model.init:
         load_weights(model, weights_path(cfg.model.init))
     chunker = None
     if cfg.psl.chunk_seconds is not None:
-        teacher = build_teacher(cfg, vocab, n_mels, accelerator.device)
-        chunk_frames = round(cfg.psl.chunk_seconds * fps)
-        hop_frames = round((cfg.psl.chunk_hop or cfg.psl.chunk_seconds) * fps)
-        chunker = ChunkedTeacherStudent(teacher, chunk_frames, hop_frames, cfg.psl.chunks_per_clip)
+        teacher = build_teacher(cfg.psl.teacher, cfg.features, vocab, accelerator.device) if cfg.psl.teacher else None
+        chunker = ChunkedTeacherStudent(teacher, Chunking.of(frontend, cfg.psl.chunk_seconds, cfg.psl.chunk_hop),
+                                        cfg.psl.chunks_per_clip)
     optimizer = build_optimizer(model.parameters(), cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, math.ceil(steps_per_epoch / cfg.optim.grad_accum))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
@@ -115,7 +122,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- 3. Resume -----------------------------------------------------------------------------
     progress = {"epoch": 0, "step": 0, "global_step": 0}
-    checkpoint = find_checkpoint(cfg.run.resume, run_dir)
     if checkpoint is not None:
         progress = load_checkpoint(accelerator, checkpoint)
         log(f"resumed from {checkpoint}: epoch {progress['epoch'] + 1}, step {progress['step']}")
@@ -139,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
                 break
             torch.manual_seed(step_seed(cfg.run.seed, epoch, step, rank))
             with accelerator.accumulate(model):
-                loss = training_loss(model, chunker, batch, cfg, accelerator.autocast)
+                loss = training_loss(model, chunker, batch, cfg.psl.alpha, accelerator.autocast)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.optim.grad_clip:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
@@ -164,7 +170,8 @@ def main(argv: list[str] | None = None) -> dict:
             if cfg.train.save_every_steps and global_step % cfg.train.save_every_steps == 0 \
                     and step + 1 < steps_per_epoch:
                 save_checkpoint(accelerator, run_dir, global_step, {
-                    "epoch": epoch, "step": step + 1, "global_step": global_step, "stream": train.state_dict()})
+                    "epoch": epoch, "step": step + 1, "global_step": global_step, "seed": cfg.run.seed,
+                    "stream": train.state_dict()})
             if cfg.train.stop_after_steps and global_step >= cfg.train.stop_after_steps:
                 log(f"stopping abruptly after step {global_step} (train.stop_after_steps)")
                 return {}
@@ -191,50 +198,23 @@ def main(argv: list[str] | None = None) -> dict:
             accelerator.log({f"epoch/{k}": v for k, v in epoch_row.items()}, step=global_step)
             save_weights(unwrapped.state_dict(), run_dir / "models" / f"epoch_{epoch + 1}.pt")
         save_checkpoint(accelerator, run_dir, global_step, {
-            "epoch": epoch + 1, "step": 0, "global_step": global_step, "stream": train.state_dict()})
+            "epoch": epoch + 1, "step": 0, "global_step": global_step, "seed": cfg.run.seed,
+            "stream": train.state_dict()})
 
     # ---- 5. Best single model, weight averaging, checkpoint ensemble ---------------------------
     summary = finish(cfg, accelerator, accelerator.unwrap_model(model), splits, result_split, vocab, strong,
-                     chunker, fps)
+                     chunker, frontend)
     accelerator.end_training()
     return summary
 
 
-def training_loss(model: torch.nn.Module, chunker: ChunkedTeacherStudent | None, batch: dict, cfg: Config,
-                  autocast: Callable[[], ContextManager]) -> torch.Tensor:
-    """Weak clip-level BCE, or PSL's loss on chunks labelled inline by the teacher; forward passes under
-    ``autocast`` (the loop passes accelerator.autocast), the loss in fp32."""
-    if chunker is None:
-        with autocast():
-            probs, _ = model(batch["features"])
-        return F.binary_cross_entropy(probs.float(), batch["labels"])
-    chunks = chunker(model, batch["features"], batch["labels"], autocast=autocast)
-    return psl_loss(chunks, cfg.psl.alpha if cfg.psl.teacher else 0.0)
-
-
-def build_teacher(cfg: Config, vocab: Vocabulary, n_mels: int, device: torch.device) -> torch.nn.Module | None:
-    """The frozen teacher of a PSL run: its model config comes from its own run; its features must be ours."""
-    if cfg.psl.teacher is None:
-        return None
-    teacher_cfg = load_config(Path(cfg.psl.teacher) / "config.yaml", check_paths=False)
-    if teacher_cfg.features != cfg.features:
-        raise ConfigError(f"psl.teacher: {cfg.psl.teacher} was trained on features {teacher_cfg.features}, "
-                          f"this run uses {cfg.features}; the teacher would label features it never saw")
-    teacher_vocab = Path(cfg.psl.teacher) / VOCABULARY
-    if Vocabulary.load(teacher_vocab).digest() != vocab.digest():
-        raise ConfigError(f"psl.teacher: {teacher_vocab} is not the data's vocabulary; its outputs mean other classes")
-    teacher = build_model(teacher_cfg.model, len(vocab), n_mels)
-    load_weights(teacher, weights_path(cfg.psl.teacher))
-    return teacher.to(device)
-
-
 def finish(cfg: Config, accelerator: Accelerator, model: torch.nn.Module, splits: dict, result_split: str,
-           vocab: Vocabulary, strong, chunker: ChunkedTeacherStudent | None, fps: float) -> dict:
+           vocab: Vocabulary, strong, chunker: ChunkedTeacherStudent | None, frontend: FrontEnd) -> dict:
     run_dir = cfg.run_dir
     names = list(vocab.names)
     rows = results.read_rows(run_dir / "metrics.csv")
     epochs = [int(r["epoch"]) for r in rows]
-    select = cfg.data.select_on
+    select = cfg.evaluation.select_on
     best_epoch = epochs[int(np.argmax([float(r[f"{select}_mAP"]) for r in rows]))]
     summary = {"selected_on": select, "best_epoch": best_epoch, "result_split": result_split}
 
@@ -259,12 +239,12 @@ def finish(cfg: Config, accelerator: Accelerator, model: torch.nn.Module, splits
     summary["checkpoint_ensemble"] = {"epochs": len(members), **results.scalar_metrics(metrics["checkpoint_ensemble"])}
 
     if strong is not None:
-        chunk_frames = round(cfg.data.eval_chunk_seconds * fps)
-        summary["chunk_seconds"] = chunk_frames / fps
+        chunking = Chunking.of(frontend, cfg.evaluation.chunk_seconds)
+        summary["chunk_seconds"] = chunking.seconds
         stream = splits[result_split]
         load_weights(model, run_dir / "models" / f"epoch_{best_epoch}.pt")
         for name, m in (("best_single", model),) + ((("teacher", chunker.teacher),) if chunker and chunker.teacher else ()):
-            preds = predict_chunks(m, stream, accelerator, strong, chunk_frames, fps)
+            preds = predict_chunks(m, stream, accelerator, strong, chunking)
             if preds is not None:
                 summary.setdefault("chunk_level", {})[name] = results.scalar_metrics(preds.metrics(names))
 

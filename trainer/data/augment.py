@@ -1,7 +1,7 @@
 """Training augmentation on a feature batch, on the batch's device.
 
-Every random number of a batch comes from ``numpy.random.default_rng([seed, epoch, step, rank])`` (drawn on
-the host, a few per clip), so a resumed run reproduces the same augmentation on any device.
+Every random number of a batch comes from the generator the stream passes in, seeded by (seed, epoch, step,
+rank) and drawn on the host (a few per clip), so a resumed run reproduces the same augmentation on any device.
 
 Mixup: PSLA mixes waveforms before the fbank; we mix the (log-mel) features of the batch, which keeps
 the whole batch on the device and needs no second decode. Partners come from the same batch.
@@ -12,36 +12,33 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from trainer.config import AugmentConfig
-from trainer.data.features import FrontEnd, frames_per_second
+from trainer.data.features import FrontEnd
+from trainer.data.settings import AugmentConfig
 
 
 class Augmenter:
-    def __init__(self, cfg: AugmentConfig, frontend: FrontEnd, seed: int, rank: int = 0) -> None:
+    def __init__(self, cfg: AugmentConfig, frontend: FrontEnd) -> None:
         self.cfg = cfg
         self.frontend = frontend
-        self.seed = seed
-        self.rank = rank  # ranks hold different clips; they draw independent augmentations
 
     @property
     def active(self) -> bool:
         c = self.cfg
         return any(v > 0 for v in (c.freqm, c.timem, c.mixup, c.batch_mixup_alpha, c.time_shift, c.gain_db))
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Augment features ``x`` (B × M × T) and labels ``y`` (B × C) of batch ``step`` of ``epoch``.
-        The inputs are left as they are; after the first step that copies, the others work in place
-        (a CPU batch of kaldi features is 17 MB: every extra pass over it showed in the loader's profile)."""
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augment features ``x`` (B × M × T) and labels ``y`` (B × C) with draws from ``rng``. The inputs are
+        left as they are; after the first step that copies, the others work in place (every extra pass
+        over a batch showed in the loader's profile)."""
         if not self.active or x.shape[0] == 0:
             return x, y
-        rng = np.random.default_rng([self.seed, epoch, step, self.rank])
         c = self.cfg
         copied = False
         if c.gain_db > 0:
             db = _dev(rng.uniform(-c.gain_db, c.gain_db, x.shape[0]), x)
             x, copied = x + self.frontend.gain_offset(db)[:, None, None], True
         if c.time_shift > 0:
-            x, copied = roll_time(x, rng, int(round(c.time_shift * frames_per_second(self.frontend.frontend)))), True
+            x, copied = roll_time(x, rng, self.frontend.frames(c.time_shift)), True
         if c.mixup > 0:
             mixed = rng.random(x.shape[0]) < c.mixup
             lam = np.where(mixed, rng.beta(c.mixup_alpha, c.mixup_alpha, x.shape[0]), 1.0)

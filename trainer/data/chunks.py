@@ -1,9 +1,43 @@
-"""Cut clip features into fixed-length chunks for pseudo-strong-label (PSL) training."""
+"""Fixed-length chunks of clip features: PSL training, chunk-level evaluation and predict's timeline all
+cut clips here, with the same seconds → frames conversion and the same rule for a clip's remainder."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
+
+from trainer.data.features import FrontEnd
+
+
+@dataclass(frozen=True)
+class Chunking:
+    """Chunks of ``frames`` frames starting every ``hop`` frames, in a front-end's frames."""
+
+    frames: int
+    hop: int
+    frames_per_second: float
+
+    @classmethod
+    def of(cls, frontend: FrontEnd, seconds: float, hop_seconds: float | None = None) -> "Chunking":
+        """Chunks of ``seconds`` every ``hop_seconds`` (default: back to back) in ``frontend``'s frames."""
+        frames, hop = frontend.frames(seconds), frontend.frames(hop_seconds or seconds)
+        if frames < 1 or hop < 1:
+            raise ValueError(f"chunks of {seconds} s every {hop_seconds or seconds} s are shorter than one "
+                             f"{frontend.name} frame (1/{frontend.frames_per_second} s)")
+        return cls(frames, hop, frontend.frames_per_second)
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.frames_per_second
+
+    def split(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:func:`split_chunks` with this chunking."""
+        return split_chunks(features, self.frames, self.hop)
+
+    def to_seconds(self, spans: torch.Tensor) -> torch.Tensor:
+        """Frame spans → seconds (float64, on the CPU)."""
+        return spans.cpu().double() / self.frames_per_second
 
 
 def split_chunks(features: torch.Tensor, chunk_frames: int, hop_frames: int

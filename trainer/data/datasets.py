@@ -14,8 +14,8 @@ from typing import Sequence
 
 from braceexpand import braceexpand
 
-from trainer.config import DataConfig, FeatureConfig
 from trainer.data.manifest import DATASET_INFO, VOCABULARY, ShardRecord, Vocabulary, read_manifest
+from trainer.data.settings import DataConfig, FeatureConfig
 
 
 @dataclass
@@ -43,7 +43,8 @@ def index_path(shard: Path) -> Path:
 
 
 def _split_spec(spec: str) -> tuple[Path, set[str] | None]:
-    """(dataset directory, selected shard names or None for all)."""
+    """(dataset directory, selected shard names or None for all): a directory, one ``x.tar`` or a
+    brace pattern of shards."""
     if "{" not in spec and not spec.endswith(".tar"):
         return Path(spec).resolve(), None
     names = [Path(p) for p in braceexpand(spec)]
@@ -51,6 +52,14 @@ def _split_spec(spec: str) -> tuple[Path, set[str] | None]:
     if len(parents) != 1:
         raise ValueError(f"{spec}: a shard pattern must stay inside one dataset directory")
     return parents.pop(), {p.name for p in names}
+
+
+def spec_exists(spec: str) -> bool:
+    """Whether the dataset directory a spec names (or whose shards it selects) exists."""
+    try:
+        return _split_spec(spec)[0].is_dir()
+    except ValueError:
+        return False
 
 
 def load_records(spec: str) -> tuple[list[ShardRecord], Vocabulary, dict]:

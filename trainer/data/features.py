@@ -1,124 +1,75 @@
 """Feature front-ends: DALI graphs from FLAC bytes to log-mel features, plus a torch tail.
 
-``kaldi_fbank`` (PSLA/AST) reproduces ``torchaudio.compliance.kaldi.fbank(wave - wave.mean(),
-htk_compat=True, use_energy=False, window_type='hanning', num_mel_bins=128, dither=0.0, frame_shift=10)``:
-remove the clip mean, pre-emphasise, and take the 512-point power spectrum of 400-sample frames with
-Kaldi's symmetric Hann window (first tap 0, so whole-signal pre-emphasis equals Kaldi's per-frame
-pre-emphasis); then Kaldi's mel matrix (triangles linear in mel) as a matmul, exact (≈1e-8 mean vs
-Kaldi without DC removal), where DALI's own ``mel_filter_bank`` is off by ≈2e-3 mean / 1e-2 max (log
-units). The one step left out is Kaldi's per-frame DC removal; it moves mainly the lowest mel bins of
-near-silent frames, and tests/test_features.py states the size of that difference.
+A :class:`FrontEnd` is the one authority on a front-end's features: its mel bins, frames per second,
+frames in a clip or a chunk, its DALI graph and torch tail, and what a gain does to its features.
 
-``mel64`` (PSL/CED) reproduces ``MelSpectrogram(16000, n_fft=512, hop_length=160, n_mels=64)`` followed
-by ``AmplitudeToDB(top_db=120)``.
+``kaldi_fbank`` (PSLA/AST, :class:`KaldiFbank`) reproduces ``torchaudio.compliance.kaldi.fbank(wave -
+wave.mean(), htk_compat=True, use_energy=False, window_type='hanning', num_mel_bins=128, dither=0.0,
+frame_shift=10)``: remove the clip mean, pre-emphasise, and take the 512-point power spectrum of
+400-sample frames with Kaldi's symmetric Hann window (first tap 0, so whole-signal pre-emphasis equals
+Kaldi's per-frame pre-emphasis); then Kaldi's mel matrix (triangles linear in mel) as a matmul, exact,
+where DALI's own ``mel_filter_bank`` differs (it is not Kaldi's matrix). The one step left out is Kaldi's
+per-frame DC removal; it moves mainly the lowest mel bins of near-silent frames, and
+tests/test_features.py states the size of that difference.
+
+``mel64`` (PSL/CED, :class:`Mel64`) reproduces ``MelSpectrogram(16000, n_fft=512, hop_length=160,
+n_mels=64)`` followed by ``AmplitudeToDB(top_db=120)``.
 
 Where each step runs: on a GPU, DALI decodes (and removes the mean) on the CPU and computes the
 spectrogram on the device (for mel64 also the mel and dB), and the torch tail the rest on the device.
 On a CPU, DALI only decodes to 16-bit samples in its threads and the torch tail does everything else,
-on the stream's worker threads (see :meth:`FrontEnd.graph` for why).
+on the stream's worker threads: DALI's CPU spectrogram was slower than torch's FFT (benchmarks/NOTES.md).
 """
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
 
-from trainer.config import FeatureConfig
+from trainer.data.audio import SAMPLE_RATE
+from trainer.data.settings import FeatureConfig
 
-SAMPLE_RATE = 16000
 HOP = 160  # 10 ms at 16 kHz, both front-ends
-KALDI_DEFAULT_NORM = (-4.6476, 4.5699)  # PSLA's AudioSet fbank mean and std
-KALDI_DEFAULT_FRAMES = 1056  # PSLA's target_length
 _EPS = float(np.finfo(np.float32).eps)
-_DIMS = {"kaldi_fbank": 128, "mel64": 64}
-_CPU_CHUNK = 4  # clips per step of the CPU torch tail (see FrontEnd.finish)
+# Clips per step of the CPU tail: a whole batch's frames and spectra fall out of cache and past malloc's
+# mmap threshold (page faults on every batch); see benchmarks/NOTES.md, round 1.
+_CPU_CHUNK = 4
 
 
-def frames_per_second(frontend: str) -> int:
-    _check(frontend)
-    return SAMPLE_RATE // HOP
+class FrontEnd(ABC):
+    """A front-end resolved from a :class:`FeatureConfig` (:func:`build_frontend`)."""
 
-
-def feature_dim(frontend: str) -> int:
-    _check(frontend)
-    return _DIMS[frontend]
-
-
-def _check(frontend: str) -> None:
-    if frontend not in _DIMS:
-        raise ValueError(f"unknown front-end {frontend!r} (known: {', '.join(_DIMS)})")
-
-
-@dataclass(frozen=True)
-class FrontEnd:
-    """One front-end, resolved from a :class:`FeatureConfig`: the DALI graph and its torch tail."""
-
-    frontend: str
+    name: ClassVar[str]
+    num_mels: ClassVar[int]
+    frames_per_second: ClassVar[int] = SAMPLE_RATE // HOP
     clip_samples: int
-    target_frames: int | None  # kaldi_fbank only
-    norm_mean: float
-    norm_std: float
 
-    @classmethod
-    def from_config(cls, cfg: FeatureConfig) -> "FrontEnd":
-        _check(cfg.frontend)
-        kaldi = cfg.frontend == "kaldi_fbank"
-        mean, std = KALDI_DEFAULT_NORM if kaldi else (0.0, 1.0)
-        return cls(
-            frontend=cfg.frontend,
-            clip_samples=int(round(cfg.clip_seconds * SAMPLE_RATE)),
-            target_frames=(cfg.target_frames or KALDI_DEFAULT_FRAMES) if kaldi else None,
-            norm_mean=mean if cfg.norm_mean is None else cfg.norm_mean,
-            norm_std=std if cfg.norm_std is None else cfg.norm_std,
-        )
+    def frames(self, seconds: float) -> int:
+        """Feature frames covering ``seconds`` of audio."""
+        return round(seconds * self.frames_per_second)
 
     @property
+    @abstractmethod
     def num_frames(self) -> int:
-        if self.target_frames is not None:
-            return self.target_frames
-        return 1 + self.clip_samples // HOP  # centred frames
+        """Frames of a clip's features (fixed: clips are cropped or padded to ``clip_samples``)."""
 
-    @property
-    def num_mels(self) -> int:
-        return _DIMS[self.frontend]
-
+    @abstractmethod
     def graph(self, flac: Any, gpu: bool) -> tuple[Any, ...]:
-        """DALI ops from a batch of FLAC byte arrays to the front-end's DALI outputs, for :meth:`finish`.
+        """DALI ops from a batch of FLAC byte arrays to this front-end's DALI outputs, for :meth:`finish`.
+        On a CPU, DALI only decodes: the outputs are the 16-bit samples cropped or zero-padded to the clip
+        length (and what the tail needs besides)."""
 
-        GPU: one output, the B × freq × time spectrogram (kaldi_fbank) or finished features (mel64).
-        CPU: DALI only decodes; its outputs are the 16-bit samples cropped or zero-padded to the clip
-        length and, for kaldi_fbank, each clip's mean and decoded length, and the torch tail does the rest.
-        DALI's CPU spectrogram ran at ~130 clips/s per thread here, torch's FFT at ~700, and DALI's
-        per-sample float conversion, mean removal and pre-emphasis cost 0.55 ms of its 1.85 ms per clip.
-        """
-        from nvidia.dali import fn, types
+    @abstractmethod
+    def finish(self, outputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The torch tail on the batch's device, from :meth:`graph`'s outputs → B × mel × frames features."""
 
-        if not gpu:
-            pcm, _ = fn.decoders.audio(flac, sample_rate=SAMPLE_RATE, downmix=True, dtype=types.INT16)
-            fitted = self._fit(pcm)
-            if self.frontend == "mel64":
-                return (fitted,)
-            return fitted, fn.reductions.mean(pcm, dtype=types.FLOAT), pcm.shape()
-        audio, _ = fn.decoders.audio(flac, sample_rate=SAMPLE_RATE, downmix=True, dtype=types.FLOAT)
-        if self.frontend == "kaldi_fbank":
-            audio = audio - fn.reductions.mean(audio)  # PSLA removes the clip's mean before fbank
-        audio = self._fit(audio).gpu()
-        if self.frontend == "kaldi_fbank":
-            audio = fn.preemphasis_filter(audio, preemph_coeff=0.97, border="clamp")
-            return (fn.spectrogram(audio, nfft=512, window_length=400, window_step=HOP, center_windows=False,
-                                   window_fn=_window(self.frontend, "cpu").tolist(), power=2),)
-        import nvidia.dali.math as dmath
-
-        spec = fn.spectrogram(audio, nfft=512, window_length=512, window_step=HOP, center_windows=True,
-                              reflect_padding=True, window_fn=_window(self.frontend, "cpu").tolist(), power=2)
-        mel = fn.mel_filter_bank(spec, sample_rate=SAMPLE_RATE, nfilter=64, freq_low=0.0, freq_high=SAMPLE_RATE / 2,
-                                 mel_formula="htk", normalize=False)
-        # to_decibels with a fixed reference: 10·log10(max(x, 1e-10)); DALI's default reference is the max
-        db = fn.to_decibels(mel, multiplier=10.0, reference=1.0, cutoff_db=-100.0)
-        return (dmath.max(db, fn.reductions.max(db) - 120.0),)  # AmplitudeToDB's per-clip top_db
+    @abstractmethod
+    def gain_offset(self, db: torch.Tensor) -> torch.Tensor:
+        """What a gain of ``db`` decibels adds to this front-end's features."""
 
     def _fit(self, audio: Any) -> Any:
         """Crop or zero-pad to the clip length: fixed shapes per batch."""
@@ -127,31 +78,75 @@ class FrontEnd:
         return fn.slice(audio, 0, self.clip_samples, axes=[0], out_of_bounds_policy="pad", fill_values=0,
                         normalized_anchor=False, normalized_shape=False)
 
+    def _mel(self, power: torch.Tensor) -> torch.Tensor:
+        """B × 257 × frames power spectra → B × mel × frames mel energies."""
+        return torch.cat([torch.matmul(w, power[:, lo:hi]) for lo, hi, w in _mel_blocks(self, power.device)], dim=1)
+
+    @abstractmethod
+    def mel_matrix(self) -> torch.Tensor:
+        """The mel × 257 filter bank (CPU, float32)."""
+
+
+@dataclass(frozen=True)
+class KaldiFbank(FrontEnd):
+    """PSLA's 128-bin Kaldi fbank, normalised by ``(x − mean) / std`` and padded or cropped to ``target_frames``."""
+
+    clip_samples: int
+    target_frames: int = 1056  # PSLA's target_length
+    norm_mean: float = -4.6476  # PSLA's AudioSet fbank mean and std
+    norm_std: float = 4.5699
+
+    name: ClassVar[str] = "kaldi_fbank"
+    num_mels: ClassVar[int] = 128
+
+    @classmethod
+    def from_config(cls, cfg: FeatureConfig) -> "KaldiFbank":
+        return cls(clip_samples=_clip_samples(cfg), target_frames=cfg.target_frames or cls.target_frames,
+                   norm_mean=cls.norm_mean if cfg.norm_mean is None else cfg.norm_mean,
+                   norm_std=cls.norm_std if cfg.norm_std is None else cfg.norm_std)
+
+    @property
+    def num_frames(self) -> int:
+        return self.target_frames
+
+    def graph(self, flac: Any, gpu: bool) -> tuple[Any, ...]:
+        """GPU: the B × freq × time power spectrogram. CPU: the samples, each clip's mean and decoded length."""
+        from nvidia.dali import fn, types
+
+        if not gpu:
+            pcm, _ = fn.decoders.audio(flac, sample_rate=SAMPLE_RATE, downmix=True, dtype=types.INT16)
+            return self._fit(pcm), fn.reductions.mean(pcm, dtype=types.FLOAT), pcm.shape()
+        audio, _ = fn.decoders.audio(flac, sample_rate=SAMPLE_RATE, downmix=True, dtype=types.FLOAT)
+        audio = audio - fn.reductions.mean(audio)  # PSLA removes the clip's mean before fbank
+        audio = fn.preemphasis_filter(self._fit(audio).gpu(), preemph_coeff=0.97, border="clamp")
+        return (fn.spectrogram(audio, nfft=512, window_length=400, window_step=HOP, center_windows=False,
+                               window_fn=self.window("cpu").tolist(), power=2),)
+
     def finish(self, outputs: Sequence[torch.Tensor]) -> torch.Tensor:
-        """The torch tail on the batch's device, from :meth:`graph`'s outputs → B × mel × frames features."""
-        if outputs[0].dim() == 3:  # GPU
-            return outputs[0] if self.frontend == "mel64" else self._from_power(outputs[0])
-        pcm = outputs[0]
+        if outputs[0].dim() == 3:  # GPU: the power spectrogram
+            return self._normalise(self._log_mel(outputs[0]))
+        pcm, mean, length = outputs
         feats = torch.empty(pcm.shape[0], self.num_mels, self.num_frames)
-        # A few clips at a time: a whole batch's frames and spectra (30+ MB) fall out of cache and past
-        # malloc's mmap threshold (page faults on every batch); chunks of 4 ran ~2× faster on 1 thread.
         for i in range(0, pcm.shape[0], _CPU_CHUNK):
-            wave = pcm[i:i + _CPU_CHUNK].float()  # in 16-bit units: _power_spectrogram's window scales
-            if self.frontend == "kaldi_fbank":
-                wave = _kaldi_waveform(wave, outputs[1][i:i + _CPU_CHUNK], outputs[2][i:i + _CPU_CHUNK, 0])
-            self._from_power(self._power_spectrogram(wave), out=feats[i:i + _CPU_CHUNK])
+            wave = pcm[i:i + _CPU_CHUNK].float()  # in 16-bit units: the window scales
+            wave = _kaldi_waveform(wave, mean[i:i + _CPU_CHUNK], length[i:i + _CPU_CHUNK, 0])
+            self._normalise(self._log_mel(self._power_spectrogram(wave)), out=feats[i:i + _CPU_CHUNK])
         return feats
 
-    def _from_power(self, power: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """B × 257 × frames power spectra → B × mel × frames features, into ``out`` if given."""
-        mel = torch.cat([torch.matmul(w, power[:, lo:hi]) for lo, hi, w in _mel_blocks(self.frontend, power.device)],
-                        dim=1)
+    def log_mel(self, pcm: torch.Tensor) -> torch.Tensor:
+        """One clip's 16-bit samples (any length ≥ 400) → its 128 × frames log-mel, before normalisation
+        and padding: what the dataset statistics (tools.shard_stats) are computed over."""
+        wave = pcm.float()[None]
+        mean = wave.double().mean(dim=1).float()
+        return self._log_mel(self._power_spectrogram(_kaldi_waveform(wave, mean, torch.tensor([wave.shape[1]]))))[0]
+
+    def _log_mel(self, power: torch.Tensor) -> torch.Tensor:
+        return self._mel(power).clamp_(min=_EPS).log_()
+
+    def _normalise(self, logmel: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``(log-mel − mean) / std``, cropped or padded to ``target_frames``, into ``out`` if given."""
         if out is None:
-            out = torch.empty(mel.shape[0], self.num_mels, self.num_frames, device=mel.device)
-        if self.frontend == "mel64":
-            db = mel.clamp_(min=1e-10).log10_().mul_(10.0)
-            return torch.maximum(db, db.amax(dim=(1, 2), keepdim=True) - 120.0, out=out)
-        logmel = mel.clamp_(min=_EPS).log_()
+            out = torch.empty(logmel.shape[0], self.num_mels, self.num_frames, device=logmel.device)
         t = min(logmel.shape[-1], self.target_frames)
         torch.sub(logmel[..., :t], self.norm_mean, out=out[..., :t]).div_(self.norm_std)
         out[..., t:] = -self.norm_mean / self.norm_std  # PSLA zero-pads the log-mel before normalising
@@ -160,25 +155,116 @@ class FrontEnd:
     def _power_spectrogram(self, wave: torch.Tensor) -> torch.Tensor:
         """B × samples in 16-bit units → B × 257 × frames, the spectrum DALI computes on the GPU path from
         float samples: the window carries the 1/32768 (a power of two, so nothing rounds differently)."""
-        window = _window(self.frontend, wave.device) * 2.0 ** -15
-        if self.frontend == "mel64":
-            spec = torch.stft(wave, 512, HOP, 512, window, center=True, pad_mode="reflect", return_complex=True)
-        else:
-            # windowed 400-sample frames zero-padded to 512 in one buffer: rfft(n=512) padding them itself
-            # took 0.53 ms a clip, against 0.36 for this
-            frames = wave.unfold(1, 400, HOP)
-            padded = torch.empty(*frames.shape[:2], 512, device=wave.device)
-            padded[..., 400:] = 0.0
-            torch.mul(frames, window, out=padded[..., :400])
-            spec = torch.fft.rfft(padded).transpose(1, 2)  # a view: matmul takes it as is
+        window = self.window(wave.device) * 2.0 ** -15
+        # windowed 400-sample frames zero-padded to 512 in one buffer: cheaper than rfft(n=512) padding them
+        frames = wave.unfold(1, 400, HOP)
+        padded = torch.empty(*frames.shape[:2], 512, device=wave.device)
+        padded[..., 400:] = 0.0
+        torch.mul(frames, window, out=padded[..., :400])
+        spec = torch.fft.rfft(padded).transpose(1, 2)  # a view: matmul takes it as is
         power = spec.real.square()
         return power.addcmul_(spec.imag, spec.imag)
 
     def gain_offset(self, db: torch.Tensor) -> torch.Tensor:
-        """What a gain of ``db`` decibels adds to this front-end's (normalised) features."""
-        if self.frontend == "mel64":
-            return db
         return db * (math.log(10.0) / 10.0) / self.norm_std  # ln of power, then normalised
+
+    @staticmethod
+    def window(device: torch.device | str) -> torch.Tensor:
+        # Kaldi's "hanning" is the symmetric Hann, 0.5 − 0.5·cos(2πn/(N−1)); torchaudio's STFT uses the periodic one
+        return torch.hann_window(400, periodic=False, device=device)
+
+    def mel_matrix(self) -> torch.Tensor:
+        """Kaldi's: linear in mel, low 20 Hz, no weight on the Nyquist bin."""
+        from torchaudio.compliance.kaldi import get_mel_banks
+
+        banks, _ = get_mel_banks(128, 512, float(SAMPLE_RATE), 20.0, 0.0, 100.0, -500.0, 1.0)
+        return torch.nn.functional.pad(banks.float(), (0, 1))
+
+
+@dataclass(frozen=True)
+class Mel64(FrontEnd):
+    """PSL's 64-bin log-mel in dB (top 120 dB), one centred frame per 10 ms, no normalisation."""
+
+    clip_samples: int
+
+    name: ClassVar[str] = "mel64"
+    num_mels: ClassVar[int] = 64
+
+    @classmethod
+    def from_config(cls, cfg: FeatureConfig) -> "Mel64":
+        for key in ("target_frames", "norm_mean", "norm_std"):
+            if getattr(cfg, key) is not None:
+                raise ValueError(f"{key}: does not apply to the mel64 front-end (it keeps every frame of the clip "
+                                 f"and is not normalised); remove it")
+        return cls(clip_samples=_clip_samples(cfg))
+
+    @property
+    def num_frames(self) -> int:
+        return 1 + self.clip_samples // HOP  # centred frames
+
+    def graph(self, flac: Any, gpu: bool) -> tuple[Any, ...]:
+        """GPU: the finished B × mel × time features. CPU: the samples."""
+        from nvidia.dali import fn, types
+
+        if not gpu:
+            pcm, _ = fn.decoders.audio(flac, sample_rate=SAMPLE_RATE, downmix=True, dtype=types.INT16)
+            return (self._fit(pcm),)
+        import nvidia.dali.math as dmath
+
+        audio, _ = fn.decoders.audio(flac, sample_rate=SAMPLE_RATE, downmix=True, dtype=types.FLOAT)
+        spec = fn.spectrogram(self._fit(audio).gpu(), nfft=512, window_length=512, window_step=HOP,
+                              center_windows=True, reflect_padding=True, window_fn=self.window("cpu").tolist(),
+                              power=2)
+        mel = fn.mel_filter_bank(spec, sample_rate=SAMPLE_RATE, nfilter=64, freq_low=0.0, freq_high=SAMPLE_RATE / 2,
+                                 mel_formula="htk", normalize=False)
+        # to_decibels with a fixed reference: 10·log10(max(x, 1e-10)); DALI's default reference is the max
+        db = fn.to_decibels(mel, multiplier=10.0, reference=1.0, cutoff_db=-100.0)
+        return (dmath.max(db, fn.reductions.max(db) - 120.0),)  # AmplitudeToDB's per-clip top_db
+
+    def finish(self, outputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        if outputs[0].dim() == 3:  # GPU: finished in DALI
+            return outputs[0]
+        pcm = outputs[0]
+        feats = torch.empty(pcm.shape[0], self.num_mels, self.num_frames)
+        for i in range(0, pcm.shape[0], _CPU_CHUNK):
+            power = self._power_spectrogram(pcm[i:i + _CPU_CHUNK].float())  # in 16-bit units: the window scales
+            db = self._mel(power).clamp_(min=1e-10).log10_().mul_(10.0)
+            torch.maximum(db, db.amax(dim=(1, 2), keepdim=True) - 120.0, out=feats[i:i + _CPU_CHUNK])
+        return feats
+
+    def _power_spectrogram(self, wave: torch.Tensor) -> torch.Tensor:
+        """As :meth:`KaldiFbank._power_spectrogram`, with torchaudio's centred, reflect-padded STFT."""
+        window = self.window(wave.device) * 2.0 ** -15
+        spec = torch.stft(wave, 512, HOP, 512, window, center=True, pad_mode="reflect", return_complex=True)
+        power = spec.real.square()
+        return power.addcmul_(spec.imag, spec.imag)
+
+    def gain_offset(self, db: torch.Tensor) -> torch.Tensor:
+        return db
+
+    @staticmethod
+    def window(device: torch.device | str) -> torch.Tensor:
+        return torch.hann_window(512, periodic=True, device=device)
+
+    def mel_matrix(self) -> torch.Tensor:
+        """torchaudio's HTK filter bank, 0 Hz to Nyquist, not normalised."""
+        from torchaudio.functional import melscale_fbanks
+
+        return melscale_fbanks(257, 0.0, SAMPLE_RATE / 2, 64, SAMPLE_RATE, None, "htk").T
+
+
+FRONTENDS: dict[str, type[FrontEnd]] = {cls.name: cls for cls in (KaldiFbank, Mel64)}
+
+
+def build_frontend(cfg: FeatureConfig) -> FrontEnd:
+    """The front-end ``cfg`` names; ValueError naming the key of an option that does not apply to it."""
+    if cfg.frontend not in FRONTENDS:
+        raise ValueError(f"frontend: unknown front-end {cfg.frontend!r} (known: {', '.join(FRONTENDS)})")
+    return FRONTENDS[cfg.frontend].from_config(cfg)
+
+
+def _clip_samples(cfg: FeatureConfig) -> int:
+    return int(round(cfg.clip_seconds * SAMPLE_RATE))
 
 
 def _kaldi_waveform(wave: torch.Tensor, mean: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
@@ -194,47 +280,22 @@ def _kaldi_waveform(wave: torch.Tensor, mean: torch.Tensor, length: torch.Tensor
     return out
 
 
-def _window(frontend: str, device: torch.device | str) -> torch.Tensor:
-    # Kaldi's "hanning" is the symmetric Hann, 0.5 − 0.5·cos(2πn/(N−1)); torchaudio's STFT uses the periodic one
-    if frontend == "kaldi_fbank":
-        return torch.hann_window(400, periodic=False, device=device)
-    return torch.hann_window(512, periodic=True, device=device)
-
-
-_MEL_CACHE: dict[tuple[str, torch.device], torch.Tensor] = {}
-
-
-def _mel_matrix(frontend: str, device: torch.device) -> torch.Tensor:
-    """mel × 257 filter bank: Kaldi's (linear in mel, low 20 Hz, no Nyquist weight) or torchaudio's HTK."""
-    if (frontend, device) not in _MEL_CACHE:
-        if frontend == "kaldi_fbank":
-            from torchaudio.compliance.kaldi import get_mel_banks
-
-            banks, _ = get_mel_banks(128, 512, float(SAMPLE_RATE), 20.0, 0.0, 100.0, -500.0, 1.0)
-            banks = torch.nn.functional.pad(banks.float(), (0, 1))
-        else:
-            from torchaudio.functional import melscale_fbanks
-
-            banks = melscale_fbanks(257, 0.0, SAMPLE_RATE / 2, 64, SAMPLE_RATE, None, "htk").T
-        _MEL_CACHE[(frontend, device)] = banks.contiguous().to(device)
-    return _MEL_CACHE[(frontend, device)]
-
-
 _MEL_BLOCK = 16  # filters per block of _mel_blocks
 _BLOCK_CACHE: dict[tuple[str, torch.device], list[tuple[int, int, torch.Tensor]]] = {}
 
 
-def _mel_blocks(frontend: str, device: torch.device) -> list[tuple[int, int, torch.Tensor]]:
+def _mel_blocks(frontend: FrontEnd, device: torch.device) -> list[tuple[int, int, torch.Tensor]]:
     """The mel matrix as (lo, hi, rows[:, lo:hi]) blocks of consecutive filters: triangles are narrow, so the
-    blocks hold 13% (kaldi) / 26% (mel64) of the dense matrix's entries and the matmul runs 3–5× faster.
-    Only zeros are left out: the sums are the dense ones up to float rounding."""
-    if (frontend, device) not in _BLOCK_CACHE:
-        m = _mel_matrix(frontend, device)
+    blocks hold a fraction of the dense matrix's entries and the matmul runs several times faster. Only
+    zeros are left out: the sums are the dense ones up to float rounding."""
+    key = (frontend.name, device)
+    if key not in _BLOCK_CACHE:
+        m = frontend.mel_matrix().contiguous().to(device)
         blocks = []
         for r in range(0, m.shape[0], _MEL_BLOCK):
             rows = m[r:r + _MEL_BLOCK]
             nz = torch.nonzero(rows.abs().sum(0)).flatten().tolist()
             lo, hi = (nz[0], nz[-1] + 1) if nz else (0, 0)
             blocks.append((lo, hi, rows[:, lo:hi].contiguous()))
-        _BLOCK_CACHE[(frontend, device)] = blocks
-    return _BLOCK_CACHE[(frontend, device)]
+        _BLOCK_CACHE[key] = blocks
+    return _BLOCK_CACHE[key]

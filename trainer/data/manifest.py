@@ -10,9 +10,14 @@ import csv
 import dataclasses
 import hashlib
 import json
+import mmap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
+
+import numpy as np
+
+from trainer.data.atomic import atomic_write
 
 MANIFEST = "manifest.jsonl"
 WEIGHTS = "weights.csv"
@@ -56,11 +61,9 @@ class ShardRecord:
 
 
 def write_manifest(path: Path, records: Iterable[ShardRecord]) -> None:
-    tmp = Path(path).with_suffix(".tmp")
-    with open(tmp, "w") as f:
+    with atomic_write(path) as f:
         for r in records:
             f.write(r.to_json() + "\n")
-    tmp.replace(path)
 
 
 def read_manifest(dataset_dir: str | Path) -> list[ShardRecord]:
@@ -88,7 +91,7 @@ def read_manifest(dataset_dir: str | Path) -> list[ShardRecord]:
 
 
 def write_weights(path: Path, weights: Iterable[float]) -> None:
-    with open(path, "w") as f:
+    with atomic_write(path) as f:
         for w in weights:
             f.write(f"{w!r}\n")
 
@@ -134,3 +137,25 @@ class Vocabulary:
             w.writerow(["index", "mid", "display_name"])
             for i, (m, n) in enumerate(zip(self.mids, self.names)):
                 w.writerow([i, m, n])
+
+
+class ShardBytes:
+    """Random access to records' FLAC bytes: one read-only memory map per shard, opened on first use.
+    ``rec.shard`` must be a path that opens (records from ``trainer.data.datasets.load_records`` are absolute)."""
+
+    def __init__(self) -> None:
+        self._maps: dict[str, np.ndarray] = {}
+
+    def __call__(self, rec: ShardRecord) -> np.ndarray:
+        mm = self._maps.get(rec.shard)
+        if mm is None:
+            with open(rec.shard, "rb") as f:  # the map keeps its own reference to the file
+                # a plain ndarray over the map: its slices are views the garbage collector does not track
+                # (np.memmap slices are tracked objects, and a batch's worth set off full collections with
+                # the GIL held: benchmarks/NOTES.md, round 2)
+                mm = self._maps[rec.shard] = np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ),
+                                                           dtype=np.uint8)
+        if rec.offset + rec.size > len(mm):
+            raise RuntimeError(f"shard {rec.shard}: member {rec.key} at {rec.offset}+{rec.size} runs past "
+                               f"the end of the file ({len(mm)} bytes); is the manifest from another build?")
+        return mm[rec.offset:rec.offset + rec.size]

@@ -11,7 +11,6 @@ are the same whatever the number of worker threads.
 from __future__ import annotations
 
 import io
-import mmap
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Hashable, Iterator, Sequence
@@ -20,46 +19,24 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from trainer.config import AugmentConfig, DataConfig, FeatureConfig
 from trainer.data.augment import Augmenter
 from trainer.data.features import FrontEnd
-from trainer.data.manifest import ShardRecord
+from trainer.data.manifest import ShardBytes, ShardRecord
 from trainer.data.sampling import eval_order, train_batches_per_rank, train_order
-
-
-class ShardBytes:
-    """Random access to sample bytes; one memory map per shard, opened on first use."""
-
-    def __init__(self) -> None:
-        self._maps: dict[str, np.ndarray] = {}
-
-    def __call__(self, rec: ShardRecord) -> np.ndarray:
-        mm = self._maps.get(rec.shard)
-        if mm is None:
-            with open(rec.shard, "rb") as f:  # the map keeps its own reference to the file
-                # a plain ndarray over the map: its slices are cheap views the garbage collector does not
-                # track (np.memmap slices are tracked Python objects: 32 per batch set off full collections
-                # of the ~200k objects torch's import leaves, with the GIL held, in the profile)
-                mm = self._maps[rec.shard] = np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ),
-                                                           dtype=np.uint8)
-        if rec.offset + rec.size > len(mm):
-            raise RuntimeError(f"shard {rec.shard}: member {rec.key} at {rec.offset}+{rec.size} runs past "
-                               f"the end of the file ({len(mm)} bytes); is the manifest from another build?")
-        return mm[rec.offset:rec.offset + rec.size]
+from trainer.data.settings import AugmentConfig, LoaderSettings
 
 
 class _Stream:
     """What both streams share: the DALI pipeline over planned batches of record indices."""
 
-    def __init__(self, records: Sequence[ShardRecord], vocab_size: int, data_cfg: DataConfig,
-                 feat_cfg: FeatureConfig, batch_size: int, rank: int, world_size: int, device: torch.device) -> None:
+    def __init__(self, records: Sequence[ShardRecord], vocab_size: int, loader: LoaderSettings, frontend: FrontEnd,
+                 rank: int, world_size: int, device: torch.device) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
         self.records = list(records)
         self.vocab_size = vocab_size
-        self.data_cfg = data_cfg
-        self.frontend = FrontEnd.from_config(feat_cfg)
-        self.batch_size = batch_size
+        self.loader = loader
+        self.frontend = frontend
         self.rank = rank
         self.world_size = world_size
         self.device = torch.device(device)
@@ -69,9 +46,9 @@ class _Stream:
         self._queued: deque[Hashable] = deque()  # keys of the batches DALI has taken and not yet returned
         # CPU: each batch's tail (spectrum, mel, augmentation) runs on a worker thread with single-threaded
         # torch ops, one batch per worker, as many workers as the caller's torch threads: batches are
-        # finished side by side and ahead of the caller, who trains on one while the next are computed.
-        # (One batch over torch's intra-op threads scaled ×1.2 from 1 to 2 cores; DALI's threads and
-        # spinning OpenMP workers fought over them.) On the GPU the tail is a few kernels, run inline.
+        # finished side by side and ahead of the caller, who trains on one while the next are computed
+        # (one batch over torch's intra-op threads scaled poorly: DALI's threads and spinning OpenMP workers
+        # fought over the cores). On the GPU the tail is a few kernels, run inline.
         self._workers = 0 if self._gpu else torch.get_num_threads()
         self._pool: ThreadPoolExecutor | None = None
 
@@ -138,7 +115,7 @@ class _Stream:
         except Exception as e:  # DALI reports a failed decode for the whole batch
             self._pipe = None
             self._queued.clear()
-            self._blame(batches[i:i + self.data_cfg.prefetch + 1], e)
+            self._blame(batches[i:i + self.loader.prefetch + 1], e)
         self._queued.popleft()
         return out
 
@@ -153,8 +130,8 @@ class _Stream:
         device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) \
             if self._gpu else None
 
-        @pipeline_def(batch_size=self.batch_size, num_threads=self.data_cfg.num_threads, device_id=device_id,
-                      prefetch_queue_depth=self.data_cfg.prefetch, exec_dynamic=True)
+        @pipeline_def(batch_size=self.loader.batch_size, num_threads=self.loader.num_threads, device_id=device_id,
+                      prefetch_queue_depth=self.loader.prefetch, exec_dynamic=True)
         def graph() -> Any:
             flac = fn.external_source(source=source, batch=True, dtype=types.UINT8, cycle=False)
             return self.frontend.graph(flac, self._gpu)
@@ -164,8 +141,8 @@ class _Stream:
         return pipe
 
     def _to_torch(self, tl: Any) -> torch.Tensor:
-        """A DALI output batch as one torch tensor, without a copy: with the dynamic executor the output
-        buffer belongs to the returned batch until it is freed (the copy was 0.2 ms a clip on CPU)."""
+        """A DALI output batch as one torch tensor, without a copy (it showed in the CPU profile): with the
+        dynamic executor the output buffer belongs to the returned batch until it is freed."""
         from nvidia.dali.plugin.pytorch.torch_utils import to_torch_tensor
 
         with self.device:  # a CUDA tensor is handed over on this device's current stream
@@ -188,19 +165,20 @@ class _Stream:
 class TrainStream(_Stream):
     """Training batches: PSLA weighted (or uniform) sampling, augmentation, resumable mid-epoch."""
 
-    def __init__(self, records: Sequence[ShardRecord], vocab_size: int, data_cfg: DataConfig,
-                 feat_cfg: FeatureConfig, aug_cfg: AugmentConfig, seed: int, rank: int, world_size: int,
-                 device: torch.device) -> None:
-        super().__init__(records, vocab_size, data_cfg, feat_cfg, data_cfg.batch_size, rank, world_size, device)
+    def __init__(self, records: Sequence[ShardRecord], vocab_size: int, loader: LoaderSettings, frontend: FrontEnd,
+                 augment: AugmentConfig, seed: int, rank: int, world_size: int, device: torch.device,
+                 weighted: bool = True, num_samples: int | None = None) -> None:
+        super().__init__(records, vocab_size, loader, frontend, rank, world_size, device)
         self.seed = seed
+        self.weighted = weighted  # PSLA: draws ∝ the records' weights, with replacement
         self.epoch = 0
         self.position = 0  # batches of this epoch handed to the caller
-        self.num_samples = data_cfg.num_samples or len(self.records)
-        self.augment = Augmenter(aug_cfg, self.frontend, seed, rank)
+        self.num_samples = num_samples or len(self.records)
+        self.augment = Augmenter(augment, frontend)
         self._weights = torch.tensor([r.weight for r in self.records], dtype=torch.double)
 
     def __len__(self) -> int:
-        return train_batches_per_rank(self.num_samples, self.batch_size, self.world_size)
+        return train_batches_per_rank(self.num_samples, self.loader.batch_size, self.world_size)
 
     def set_epoch(self, epoch: int) -> None:
         """Move to ``epoch``; setting the current epoch again keeps a resumed position."""
@@ -209,9 +187,9 @@ class TrainStream(_Stream):
 
     def batches(self, epoch: int | None = None) -> list[list[int]]:
         """This rank's record indices of ``epoch`` (default: the current one), batch by batch."""
-        order = train_order(self._weights, self.num_samples, self.data_cfg.weighted, self.batch_size,
+        order = train_order(self._weights, self.num_samples, self.weighted, self.loader.batch_size,
                             self.seed, self.epoch if epoch is None else epoch, self.rank, self.world_size)
-        return order.view(-1, self.batch_size).tolist()
+        return order.view(-1, self.loader.batch_size).tolist()
 
     def _key(self, i: int) -> Hashable:
         return self.seed, self.epoch, i
@@ -232,24 +210,23 @@ class TrainStream(_Stream):
             yield {"features": x, "labels": y, "keys": [self.records[j].key for j in batches[i]]}
 
     def _post(self, i: int, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.augment(x, y, self.epoch, i)
+        return self.augment(x, y, np.random.default_rng([self.seed, self.epoch, i, self.rank]))
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+        """Where the stream is; the seed is the run's, held by the caller."""
+        return {"epoch": self.epoch, "position": self.position}
 
     def load_state_dict(self, sd: dict[str, int]) -> None:
-        self.epoch, self.position, self.seed = int(sd["epoch"]), int(sd["position"]), int(sd["seed"])
-        self.augment.seed = self.seed
+        self.epoch, self.position = int(sd["epoch"]), int(sd["position"])
 
 
 class EvalStream(_Stream):
     """Evaluation batches in manifest order: every sample exactly once across ranks, never padded."""
 
-    def __init__(self, records: Sequence[ShardRecord], vocab_size: int, data_cfg: DataConfig,
-                 feat_cfg: FeatureConfig, rank: int, world_size: int, device: torch.device) -> None:
-        super().__init__(records, vocab_size, data_cfg, feat_cfg, data_cfg.eval_batch_size, rank, world_size,
-                         device)
-        self._batches = [b.tolist() for b in eval_order(len(self.records), self.batch_size, rank, world_size)]
+    def __init__(self, records: Sequence[ShardRecord], vocab_size: int, loader: LoaderSettings, frontend: FrontEnd,
+                 rank: int, world_size: int, device: torch.device) -> None:
+        super().__init__(records, vocab_size, loader, frontend, rank, world_size, device)
+        self._batches = [b.tolist() for b in eval_order(len(self.records), loader.batch_size, rank, world_size)]
 
     def __len__(self) -> int:
         return len(self._batches)

@@ -6,19 +6,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config import ModelConfig
 from .efficientnet import EfficientNetTagger
 from .mobilenet import MobileNetV2Tagger
+from .settings import ModelConfig
 
 
-def build_model(cfg: ModelConfig, num_classes: int, n_mels: int) -> nn.Module:
-    """forward(B × n_mels × frames) → (clip_probs B × C, frame_probs B × T' × C), both after sigmoid.
+def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    """forward(B × mel × frames) → (clip_probs B × C, frame_probs B × T' × C), both after sigmoid.
 
-    T' = ceil(frames / 32). Both backbones average out whatever frequency rows remain, so
-    ``n_mels`` only has to be positive; it is checked here so a bad front-end fails at build time.
+    T' = ceil(frames / 32). Both backbones average out whatever frequency rows remain, so they take any
+    number of mel bins.
     """
-    if n_mels < 1:
-        raise ValueError(f"n_mels must be positive, got {n_mels}")
     if cfg.name == "mobilenetv2":
         return MobileNetV2Tagger(num_classes, cfg.width_mult, cfg.dropout)
     if cfg.name in ("efficientnet_b0", "efficientnet_b2"):

@@ -1,0 +1,55 @@
+"""The data package's settings: which datasets, how they are sampled and read, the front-end, augmentation.
+
+They are the ``data``, ``features`` and ``augment`` sections of a run config (trainer/config.py composes
+and validates the sections; each package owns its own). The streams take the small :class:`LoaderSettings`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+
+@dataclass(frozen=True)
+class LoaderSettings:
+    """What a stream needs to read batches: their size and DALI's threads and prefetch depth."""
+
+    batch_size: int
+    num_threads: int = 2  # DALI CPU threads per process
+    prefetch: int = 2  # DALI prefetch queue depth
+
+
+@dataclass
+class DataConfig:
+    train: list[str] = field(default_factory=list)  # dataset dirs or brace-expanded shard patterns
+    valid: list[str] = field(default_factory=list)  # empty: hold out valid_fraction of train
+    valid_fraction: float = 0.1
+    eval: list[str] = field(default_factory=list)
+    batch_size: int = 32  # training batch per process
+    weighted: bool = True  # PSLA balanced sampling: draws ∝ weights.csv, with replacement
+    num_samples: Optional[int] = None  # draws per epoch; default: training set size
+    num_threads: int = 2  # DALI CPU threads per process
+    prefetch: int = 2  # DALI prefetch queue depth
+
+    def loader(self, batch_size: int | None = None) -> LoaderSettings:
+        """Loader settings for training batches, or for batches of ``batch_size`` (evaluation)."""
+        return LoaderSettings(batch_size or self.batch_size, self.num_threads, self.prefetch)
+
+
+@dataclass
+class FeatureConfig:
+    frontend: Literal["kaldi_fbank", "mel64"] = "kaldi_fbank"
+    clip_seconds: float = 10.0  # waveforms are padded or cropped to this before features
+    target_frames: Optional[int] = None  # kaldi_fbank only: pad/crop frames (PSLA 1056, AST 1024)
+    norm_mean: Optional[float] = None  # kaldi_fbank only; None: the dataset's stats, else PSLA's -4.6476
+    norm_std: Optional[float] = None
+
+
+@dataclass
+class AugmentConfig:
+    freqm: int = 0  # SpecAugment frequency mask width (PSLA 48)
+    timem: int = 0  # SpecAugment time mask width (PSLA 192)
+    mixup: float = 0.0  # PSLA mixup rate: the fraction of clips mixed with another
+    mixup_alpha: float = 10.0  # λ ~ Beta(alpha, alpha)
+    batch_mixup_alpha: float = 0.0  # >0: every clip mixed with a permuted partner, λ ~ Beta(α, α)
+    time_shift: float = 0.0  # max random roll, seconds
+    gain_db: float = 0.0  # max random gain, ± dB

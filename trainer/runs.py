@@ -1,0 +1,61 @@
+"""Finished runs read back: a run directory's resolved config, vocabulary and weights, rebuilt as a model.
+
+Predict tags files with one; a PSL run's frozen teacher is one, checked against the student's data.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from trainer.checkpointing import weights_path
+from trainer.config import Config, ConfigError, load_config
+from trainer.data.features import FrontEnd, build_frontend
+from trainer.data.manifest import VOCABULARY, Vocabulary
+from trainer.data.settings import FeatureConfig
+from trainer.models import build_model, load_weights
+
+CONFIG = "config.yaml"  # the resolved config run.py saves (dataset normalisation stats filled in)
+
+
+@dataclass
+class Run:
+    """A trained run ready to predict: its resolved config, front-end, vocabulary and model (eval mode, on device)."""
+
+    config: Config
+    frontend: FrontEnd
+    vocab: Vocabulary
+    model: nn.Module
+    device: torch.device
+
+
+def load_run(run_dir: str | Path, weights: str = "best", device: torch.device | None = None) -> Run:
+    """``run_dir``'s config.yaml, vocabulary and ``models/{weights}.pt``."""
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir / CONFIG, check_paths=False)
+    vocab = Vocabulary.load(run_dir / VOCABULARY)
+    path = run_dir / "models" / f"{weights}.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such weights file; did that run finish training?")
+    model = build_model(cfg.model, len(vocab))
+    load_weights(model, path)
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return Run(cfg, build_frontend(cfg.features), vocab, model.to(device).eval(), device)
+
+
+def build_teacher(run_dir: str | Path, features: FeatureConfig, vocab: Vocabulary, device: torch.device) -> nn.Module:
+    """The frozen teacher of a PSL run: ``run_dir``'s best model, built from its own config. Its features and
+    vocabulary must be the student's (ConfigError naming ``psl.teacher`` otherwise)."""
+    run_dir = Path(run_dir)
+    teacher_cfg = load_config(run_dir / CONFIG, check_paths=False)
+    if teacher_cfg.features != features:
+        raise ConfigError(f"psl.teacher: {run_dir} was trained on features {teacher_cfg.features}, "
+                          f"this run uses {features}; the teacher would label features it never saw")
+    teacher_vocab = run_dir / VOCABULARY
+    if Vocabulary.load(teacher_vocab).digest() != vocab.digest():
+        raise ConfigError(f"psl.teacher: {teacher_vocab} is not the data's vocabulary; its outputs mean other classes")
+    teacher = build_model(teacher_cfg.model, len(vocab))
+    load_weights(teacher, weights_path(run_dir))
+    return teacher.to(device)

@@ -1,0 +1,61 @@
+"""The training loop's settings: the ``run``, ``train``, ``optim``, ``evaluation`` and ``psl`` sections.
+
+The data and models packages keep theirs (trainer/data/settings.py, trainer/models/settings.py);
+trainer/config.py composes all sections, loads and validates them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Union
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    dir: str = "runs"  # the run directory is {dir}/{name}
+    seed: int = 0
+    resume: Union[bool, str] = False  # true: latest checkpoint of this run; a path: that checkpoint
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    epochs: int = 10
+    warmup_steps: int = 1000
+    lrscheduler_start: int = 10  # epoch from which the lr decays ...
+    lrscheduler_step: int = 5  # ... every this many epochs ...
+    lrscheduler_decay: float = 0.5  # ... by this factor (PSLA)
+    weight_decay: float = 5e-7
+    betas: tuple[float, float] = (0.95, 0.999)
+    grad_clip: Optional[float] = None
+    grad_accum: int = 1
+
+
+@dataclass
+class TrainConfig:
+    precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    cpu_threads: Optional[int] = None  # torch threads per process on CPU; None: cores / local processes
+    steps_per_epoch: Optional[int] = None  # cap, for demos and tests
+    save_every_steps: int = 0  # 0: only at epoch ends
+    wa_start: int = 1  # weight averaging over epochs wa_start..wa_end (1-based, inclusive)
+    wa_end: Optional[int] = None  # default: the last epoch
+    log_every: int = 10
+    stop_after_steps: Optional[int] = None  # tests: exit abruptly after this many steps, as a kill would
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 64  # per process
+    select_on: Literal["valid", "eval"] = "valid"  # the split that picks the best epoch
+    strong_labels: Optional[str] = None  # AudioSet strong-format TSV for chunk-level evaluation
+    chunk_seconds: float = 2.0  # chunk length of the chunk-level evaluation
+
+
+@dataclass
+class PSLConfig:
+    teacher: Optional[str] = None  # a run directory whose best checkpoint is the frozen teacher
+    alpha: float = 1.0  # loss = alpha * BCE(student, teacher) + (1 - alpha) * BCE(student, weak labels)
+    chunk_seconds: Optional[float] = None  # None: train on whole clips
+    chunk_hop: Optional[float] = None  # default: chunk_seconds
+    chunks_per_clip: Optional[int] = None  # None: all chunks; k: k random chunks per clip
