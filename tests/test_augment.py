@@ -1,8 +1,8 @@
-import numpy as np
 import torch
 
 from trainer.data.augment import Augmenter
 from trainer.data.features import build_frontend
+from trainer.data.seeding import AUGMENT, numpy_rng
 from trainer.data.settings import AugmentConfig, FeatureConfig
 
 FE = build_frontend(FeatureConfig())
@@ -10,7 +10,7 @@ FE = build_frontend(FeatureConfig())
 
 def rng(seed, epoch, step):
     """The stream's generator for batch ``step`` of ``epoch`` on rank 0."""
-    return np.random.default_rng([seed, epoch, step, 0])
+    return numpy_rng(seed, AUGMENT, epoch, step, 0)
 
 
 def batch(b=8, c=5):

@@ -32,6 +32,7 @@ from trainer.data.chunks import Chunking
 from trainer.data.datasets import resolve_splits
 from trainer.data.features import FrontEnd, build_frontend
 from trainer.data.manifest import VOCABULARY, Vocabulary
+from trainer.data.seeding import STEP, torch_seed
 from trainer.data.streams import EvalStream, TrainStream
 from trainer.data.strong_labels import load_strong_labels
 from trainer.ensemble import mean_predictions
@@ -48,11 +49,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("config", help="YAML config, e.g. configs/demo.yaml")
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. optim.lr=1e-4")
     return p.parse_args(argv)
-
-
-def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
-    """Per-step torch seed (dropout, chunk picks): a resumed run replays the same randomness."""
-    return (seed * 1_000_003 + epoch * 10_007 + step * 101 + rank) % (2**63)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -143,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
         for step, batch in enumerate(train, start=first):
             if step >= steps_per_epoch:
                 break
-            torch.manual_seed(step_seed(cfg.run.seed, epoch, step, rank))
+            torch.manual_seed(torch_seed(cfg.run.seed, STEP, epoch, step, rank))  # dropout, chunk picks: resumable
             with accelerator.accumulate(model):
                 loss = training_loss(model, chunker, batch, cfg.psl.alpha, accelerator.autocast)
                 accelerator.backward(loss)

@@ -12,12 +12,12 @@ from typing import Sequence
 
 import torch
 
+from trainer.data.seeding import SAMPLING, torch_generator
+
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """The generator of one epoch's sampling; identical on every rank."""
-    g = torch.Generator()
-    g.manual_seed((seed * 1_000_003 + epoch) % (2**63))
-    return g
+    return torch_generator(seed, SAMPLING, epoch)
 
 
 def train_batches_per_rank(num_samples: int, batch_size: int, world_size: int) -> int:

@@ -23,6 +23,7 @@ from trainer.data.augment import Augmenter
 from trainer.data.features import FrontEnd
 from trainer.data.manifest import ShardBytes, ShardRecord
 from trainer.data.sampling import eval_order, train_batches_per_rank, train_order
+from trainer.data.seeding import AUGMENT, numpy_rng
 from trainer.data.settings import AugmentConfig, LoaderSettings
 
 
@@ -210,7 +211,7 @@ class TrainStream(_Stream):
             yield {"features": x, "labels": y, "keys": [self.records[j].key for j in batches[i]]}
 
     def _post(self, i: int, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.augment(x, y, np.random.default_rng([self.seed, self.epoch, i, self.rank]))
+        return self.augment(x, y, numpy_rng(self.seed, AUGMENT, self.epoch, i, self.rank))
 
     def state_dict(self) -> dict[str, int]:
         """Where the stream is; the seed is the run's, held by the caller."""
