@@ -1,5 +1,6 @@
 """Fixed-length chunks of clip features: PSL training, chunk-level evaluation and predict's timeline all
-cut clips here, with the same seconds → frames conversion and the same rule for a clip's remainder."""
+cut clips here, with the same seconds → frames conversion and the same rule for a clip's remainder
+(:func:`split_chunks`)."""
 from __future__ import annotations
 
 import math
@@ -44,15 +45,19 @@ def split_chunks(features: torch.Tensor, chunk_frames: int, hop_frames: int
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """B × M × T features → (N × M × chunk_frames chunks, N clip indices, N × 2 [start, end) frame spans).
 
-    Chunks start every ``hop_frames``; a clip shorter than one chunk gives one zero-padded chunk, and
-    a last partial chunk is kept, zero-padded, with its span ending at the clip's true end.
+    Chunks start every ``hop_frames``. A chunk that runs past the clip's end is kept, zero-padded with its
+    span ending at the clip's end, only when at least half of it is in the clip: a shorter remainder is
+    dropped (a 10 s clip's 1001 mel64 frames give five 2 s chunks, not a sixth of one real frame and 199
+    of padding, which would be trained on and scored as if it were audio). The alternative, an end-aligned
+    last chunk, would count most of the chunk before it twice. A clip shorter than half a chunk still
+    gives one chunk.
     """
     if chunk_frames <= 0 or hop_frames <= 0:
         raise ValueError(f"chunk_frames and hop_frames must be positive, got {chunk_frames}, {hop_frames}")
     b, m, t = features.shape
-    n = 1 + math.ceil(max(0, t - chunk_frames) / hop_frames)
+    n = len([s for s in range(0, t, hop_frames) if 2 * min(chunk_frames, t - s) >= chunk_frames]) or 1
     padded_len = (n - 1) * hop_frames + chunk_frames
-    padded = torch.nn.functional.pad(features, (0, padded_len - t))
+    padded = torch.nn.functional.pad(features, (0, max(0, padded_len - t)))[..., :padded_len]
     chunks = padded.unfold(2, chunk_frames, hop_frames)  # B × M × n × chunk
     chunks = chunks.permute(0, 2, 1, 3).reshape(b * n, m, chunk_frames)
     starts = torch.arange(n, device=features.device) * hop_frames
