@@ -3,6 +3,8 @@ configured, a mismatched teacher is refused, and a 2-process PSL run resumes exa
 from __future__ import annotations
 
 import copy
+import csv
+import json
 
 import pytest
 import torch
@@ -98,3 +100,64 @@ def test_two_process_psl_run_resumes_exactly(built_shards, synthetic_dir, tmp_pa
     assert '"teacher"' in summary  # pseudo-label quality at chunk level is reported
     metrics = (runs / "psl_cut" / "metrics.csv").read_text().splitlines()
     assert "clips_per_s_without_teacher" in metrics[0]  # the teacher's cost is logged separately
+
+
+def test_hard_targets_threshold_the_teacher():
+    student, teacher = _models()
+    torch.nn.init.normal_(teacher.classifier[1].weight, std=0.5)  # a fresh head says 0.5 everywhere
+    teacher.classifier[1].bias.data = torch.linspace(-1.0, 1.0, 5)
+    chunking = Chunking(frames=100, hop=100, frames_per_second=100)
+    x, y = torch.randn(2, 64, 300), torch.zeros(2, 5)
+    soft = ChunkedTeacherStudent(teacher, chunking)(student.eval(), x, y).teacher
+    threshold = soft.median().item()
+    hard = ChunkedTeacherStudent(teacher, chunking, threshold=threshold)(student.eval(), x, y).teacher
+    assert torch.equal(hard, (soft >= threshold).float()) and 0 < hard.sum() < hard.numel()
+
+
+def test_oracle_labels_chunks_from_strong_annotations():
+    from trainer.psl import ChunkOracle
+
+    strong = {"a": [(0.5, 1.2, 0), (3.9, 4.1, 2)], "b": [(0.0, 10.0, 4)]}
+    chunker = ChunkedTeacherStudent(None, Chunking(frames=200, hop=200, frames_per_second=100),
+                                    oracle=ChunkOracle(strong, 5))
+    student, _ = _models()
+    out = chunker(student.eval(), torch.randn(2, 64, 1001), torch.zeros(2, 5), keys=["a", "b"])
+    expected = torch.zeros(10, 5)
+    expected[0, 0] = 1.0  # 0.5-1.2 s lies in chunk 0-2 s
+    expected[1, 2] = expected[2, 2] = 1.0  # 3.9-4.1 s overlaps 2-4 s and 4-6 s
+    expected[5:, 4] = 1.0  # b's event covers all five chunks
+    assert torch.equal(out.teacher, expected)
+    with pytest.raises(KeyError, match="no strong labels for training clip c"):
+        chunker(student.eval(), torch.randn(1, 64, 400), torch.zeros(1, 5), keys=["c"])
+
+
+def test_psl_config_errors():
+    base = ["data.train=[x]", "features.frontend=mel64", "psl.chunk_seconds=2"]
+    with pytest.raises(ConfigError, match=r"^psl\.oracle: .* not both"):
+        load_config(None, base + ["psl.teacher=t", "psl.oracle=o.tsv"], check_paths=False)
+    with pytest.raises(ConfigError, match=r"^psl\.oracle: true chunk labels cannot follow mixup"):
+        load_config(None, base + ["psl.oracle=o.tsv", "augment.mixup=0.5"], check_paths=False)
+    with pytest.raises(ConfigError, match=r"^psl\.targets: 'hard' thresholds a teacher"):
+        load_config(None, base + ["psl.targets=hard"], check_paths=False)
+
+
+def test_oracle_student_with_early_stopping(built_shards, synthetic_dir, tmp_path):
+    """A run learning from the oracle's true chunk labels, stopped when valid mAP stops improving: it trains
+    exactly until PSL's early-stopping rule first holds on its own metrics.csv, and averages what it trained."""
+    config = tiny_config(tmp_path / "oracle.yaml", built_shards, synthetic_dir, tmp_path / "runs",
+                         augment={"mixup": 0.0}, optim={"lr": 1e-3, "epochs": 5, "warmup_steps": 2},
+                         psl={"oracle": str(synthetic_dir / "unbalanced_strong.tsv"), "chunk_seconds": 1.0},
+                         train={"steps_per_epoch": 2, "wa_start": 1, "trackers": [], "early_stop_patience": 1})
+    launch("trainer/run.py", str(config))
+    run = tmp_path / "runs" / "tiny"
+    with open(run / "metrics.csv") as f:
+        history = [float(r["valid_mAP"]) for r in csv.DictReader(f)]
+
+    def first_best(n: int) -> int:  # 0-based epoch of the first best valid mAP among the first n
+        return max(range(n), key=lambda i: (history[i], -i))
+
+    stop = next((n for n in range(1, 6) if n - 1 - first_best(n) >= 1), 5)  # patience 1
+    summary = json.loads((run / "summary.json").read_text())
+    assert len(history) == summary["epochs_trained"] == stop
+    assert summary["stopped_early"] == (stop < 5)
+    assert summary["weight_averaged"]["epochs"] == [1, stop]

@@ -211,8 +211,19 @@ def _validate(cfg: Config, check_paths: bool) -> None:
         raise ConfigError(f"psl.alpha: must be in [0, 1], got {cfg.psl.alpha}")
     if not 0.0 <= cfg.augment.mixup <= 1.0:
         raise ConfigError(f"augment.mixup: a rate in [0, 1], got {cfg.augment.mixup}")
-    if cfg.psl.teacher is not None and cfg.psl.chunk_seconds is None:
-        raise ConfigError("psl.chunk_seconds: required when psl.teacher is set")
+    if (cfg.psl.teacher or cfg.psl.oracle) and cfg.psl.chunk_seconds is None:
+        raise ConfigError("psl.chunk_seconds: required when psl.teacher or psl.oracle is set")
+    if cfg.psl.teacher and cfg.psl.oracle:
+        raise ConfigError("psl.oracle: the chunk labels come from the teacher or from the oracle, not both")
+    if cfg.psl.oracle and any((cfg.augment.mixup, cfg.augment.batch_mixup_alpha, cfg.augment.time_shift)):
+        raise ConfigError("psl.oracle: true chunk labels cannot follow mixup or time shifts; set augment.mixup, "
+                          "augment.batch_mixup_alpha and augment.time_shift to 0")
+    if cfg.psl.targets == "hard" and not cfg.psl.teacher:
+        raise ConfigError("psl.targets: 'hard' thresholds a teacher's probabilities; set psl.teacher")
+    if not 0.0 < cfg.psl.threshold < 1.0:
+        raise ConfigError(f"psl.threshold: must be in (0, 1), got {cfg.psl.threshold}")
+    if cfg.train.early_stop_patience is not None and cfg.train.early_stop_patience < 1:
+        raise ConfigError(f"train.early_stop_patience: must be at least 1, got {cfg.train.early_stop_patience}")
     if not cfg.data.train:
         raise ConfigError("data.train: at least one dataset is required")
     if not cfg.data.valid and not 0.0 < cfg.data.valid_fraction < 1.0:
@@ -228,7 +239,7 @@ def _validate(cfg: Config, check_paths: bool) -> None:
             for i, spec in enumerate(getattr(cfg.data, split)):
                 if not spec_exists(spec):
                     raise ConfigError(f"data.{split}[{i}]: {spec} does not exist (build it with tools.build_shards)")
-        for key, p in (("psl.teacher", cfg.psl.teacher), ("model.init", cfg.model.init),
+        for key, p in (("psl.teacher", cfg.psl.teacher), ("psl.oracle", cfg.psl.oracle), ("model.init", cfg.model.init),
                        ("evaluation.strong_labels", cfg.evaluation.strong_labels)):
             if p is not None and not Path(p).exists():
                 raise ConfigError(f"{key}: {p} does not exist")

@@ -17,12 +17,12 @@ def training_loss(model: torch.nn.Module, chunker: ChunkedTeacherStudent | None,
         with autocast():
             probs, _ = model(batch["features"])
         return F.binary_cross_entropy(probs.float(), batch["labels"])
-    return psl_loss(chunker(model, batch["features"], batch["labels"], autocast=autocast), alpha)
+    return psl_loss(chunker(model, batch["features"], batch["labels"], keys=batch["keys"], autocast=autocast), alpha)
 
 
 def psl_loss(batch: ChunkBatch, alpha: float) -> torch.Tensor:
-    """α · BCE(student, teacher) + (1 − α) · BCE(student, weak labels). α = 1 is PSL, α = 0.5
-    teacher-student, α = 0 (or no teacher) plain weak-label training on chunks."""
+    """α · BCE(student, chunk targets) + (1 − α) · BCE(student, weak labels). α = 1 is PSL, α = 0.5
+    teacher-student, α = 0 (or no teacher or oracle) plain weak-label training on chunks."""
     weak = F.binary_cross_entropy(batch.student, batch.weak)
     if batch.teacher is None or alpha == 0.0:
         return weak

@@ -2,43 +2,72 @@
 trains on the same chunks, in one forward pass (Dinkel et al., ICASSP 2022, without the offline stage).
 
 Only the student is trained (and wrapped for DDP); the teacher runs in eval mode under inference mode,
-in the training precision.
+in the training precision. Its probabilities are the chunk targets as they are (soft), or thresholded
+(hard). The :class:`ChunkOracle` gives the true chunk labels instead, from strong annotations of the
+training clips: the upper bound of what pseudo labels can give.
 """
 from __future__ import annotations
 
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import Callable, ContextManager, Optional
+from typing import Callable, ContextManager, Optional, Sequence
 
+import numpy as np
 import torch
 
 from trainer.data.chunks import Chunking
+from trainer.data.strong_labels import Event, chunk_targets, events_for_key
 
 
 @dataclass
 class ChunkBatch:
     student: torch.Tensor  # N_chunks × C student probabilities (requires grad)
-    teacher: Optional[torch.Tensor]  # N_chunks × C teacher probabilities (no grad), None without a teacher
+    teacher: Optional[torch.Tensor]  # N_chunks × C chunk targets (teacher or oracle, no grad), None without either
     weak: torch.Tensor  # N_chunks × C the chunk's clip (weak) labels
     clip_index: torch.Tensor  # N_chunks, which clip of the batch each chunk came from
 
 
+class ChunkOracle:
+    """True chunk labels from strong annotations (a class is present in a chunk its event overlaps)."""
+
+    def __init__(self, strong: dict[str, list[Event]], num_classes: int) -> None:
+        self.strong = strong
+        self.num_classes = num_classes
+
+    def __call__(self, keys: Sequence[str], clip_index: torch.Tensor, spans_s: torch.Tensor) -> torch.Tensor:
+        """N_chunks × C labels for chunks of clips ``keys`` at ``spans_s`` (seconds)."""
+        clip_index, spans_s = clip_index.cpu().numpy(), spans_s.numpy()
+        targets = np.zeros((len(clip_index), self.num_classes), dtype=np.float32)
+        for i, key in enumerate(keys):
+            events = events_for_key(self.strong, key)
+            if events is None:
+                raise KeyError(f"psl.oracle: no strong labels for training clip {key}")
+            rows = np.flatnonzero(clip_index == i)
+            targets[rows] = chunk_targets(events, spans_s[rows], self.num_classes)
+        return torch.from_numpy(targets)
+
+
 class ChunkedTeacherStudent:
-    """Chunks a batch, runs the teacher and the student on the chunks, returns both.
+    """Chunks a batch, labels the chunks (teacher or oracle), runs the student on them, returns both.
 
     ``chunks_per_clip`` None trains on every chunk of every clip (each clip is decoded once and
     contributes all its chunks); k keeps k random chunks per clip, drawn from ``generator``.
+    ``threshold`` set: the teacher's targets are hard, 1 where its probability reaches it.
     """
 
-    def __init__(self, teacher: Optional[torch.nn.Module], chunking: Chunking,
-                 chunks_per_clip: Optional[int] = None) -> None:
+    def __init__(self, teacher: Optional[torch.nn.Module], chunking: Chunking, chunks_per_clip: Optional[int] = None,
+                 threshold: Optional[float] = None, oracle: Optional[ChunkOracle] = None) -> None:
+        if teacher is not None and oracle is not None:
+            raise ValueError("chunk labels come from a teacher or an oracle, not both")
         self.teacher = teacher
         if teacher is not None:
             teacher.eval()
             teacher.requires_grad_(False)
         self.chunking = chunking
         self.chunks_per_clip = chunks_per_clip
+        self.threshold = threshold
+        self.oracle = oracle
         self.teacher_seconds = 0.0  # wall time spent in the teacher, so the log can show its cost
 
     def __call__(
@@ -46,26 +75,35 @@ class ChunkedTeacherStudent:
         student: torch.nn.Module,
         features: torch.Tensor,
         labels: torch.Tensor,
+        keys: Optional[Sequence[str]] = None,  # the clips' keys: the oracle looks their events up
         autocast: Callable[[], ContextManager] = contextlib.nullcontext,  # the loop passes accelerator.autocast
         generator: Optional[torch.Generator] = None,
     ) -> ChunkBatch:
-        chunks, clip_index, _ = self.chunking.split(features)
+        chunks, clip_index, spans = self.chunking.split(features)
         if self.chunks_per_clip is not None:
             keep = self._pick(clip_index, generator)
-            chunks, clip_index = chunks[keep], clip_index[keep]
-        teacher_probs = None
+            chunks, clip_index, spans = chunks[keep], clip_index[keep], spans[keep]
+        targets = None
         if self.teacher is not None:
-            started = time.perf_counter()
-            with torch.inference_mode(), autocast():
-                teacher_probs, _ = self.teacher(chunks)
-            # Inference tensors can't be saved for backward; a plain copy can serve as the target.
-            teacher_probs = teacher_probs.float().clone()
-            if teacher_probs.is_cuda:
-                torch.cuda.synchronize(teacher_probs.device)
-            self.teacher_seconds += time.perf_counter() - started
+            targets = self._teach(chunks, autocast)
+        elif self.oracle is not None:
+            targets = self.oracle(keys, clip_index, self.chunking.to_seconds(spans)).to(features.device)
         with autocast():
             student_probs, _ = student(chunks)
-        return ChunkBatch(student_probs.float(), teacher_probs, labels[clip_index], clip_index)
+        return ChunkBatch(student_probs.float(), targets, labels[clip_index], clip_index)
+
+    def _teach(self, chunks: torch.Tensor, autocast: Callable[[], ContextManager]) -> torch.Tensor:
+        started = time.perf_counter()
+        with torch.inference_mode(), autocast():
+            probs, _ = self.teacher(chunks)
+        # Inference tensors can't be saved for backward; a plain copy can serve as the target.
+        probs = probs.float().clone()
+        if self.threshold is not None:
+            probs = (probs >= self.threshold).float()
+        if probs.is_cuda:
+            torch.cuda.synchronize(probs.device)
+        self.teacher_seconds += time.perf_counter() - started
+        return probs
 
     def _pick(self, clip_index: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
         scores = torch.rand(len(clip_index), generator=generator, device="cpu").to(clip_index.device)

@@ -40,7 +40,7 @@ from trainer.evaluate import Predictions, predict_chunks, predict_clips
 from trainer.losses import training_loss
 from trainer.models import build_model, load_weights
 from trainer.optim import build_optimizer, build_scheduler
-from trainer.psl import ChunkedTeacherStudent
+from trainer.psl import ChunkedTeacherStudent, ChunkOracle
 from trainer.runs import build_teacher
 
 
@@ -108,8 +108,10 @@ def main(argv: list[str] | None = None) -> dict:
     chunker = None
     if cfg.psl.chunk_seconds is not None:
         teacher = build_teacher(cfg.psl.teacher, cfg.features, vocab, accelerator.device) if cfg.psl.teacher else None
+        oracle = ChunkOracle(load_strong_labels(cfg.psl.oracle, vocab), len(vocab)) if cfg.psl.oracle else None
         chunker = ChunkedTeacherStudent(teacher, Chunking.of(frontend, cfg.psl.chunk_seconds, cfg.psl.chunk_hop),
-                                        cfg.psl.chunks_per_clip)
+                                        cfg.psl.chunks_per_clip, cfg.psl.threshold if cfg.psl.targets == "hard" else None,
+                                        oracle)
     optimizer = build_optimizer(model.parameters(), cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, math.ceil(steps_per_epoch / cfg.optim.grad_accum))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
@@ -124,10 +126,17 @@ def main(argv: list[str] | None = None) -> dict:
     if accelerator.is_main_process:
         results.truncate_rows(run_dir / "metrics.csv", progress["epoch"])
         results.truncate_rows(run_dir / "steps.csv", progress["global_step"])
+    accelerator.wait_for_everyone()
+    select = f"{cfg.evaluation.select_on}_mAP"
+    history = [float(r[select]) for r in results.read_rows(run_dir / "metrics.csv")]  # for early stopping
 
     # ---- 4. Train ------------------------------------------------------------------------------
     global_step = progress["global_step"]
     for epoch in range(progress["epoch"], cfg.optim.epochs):
+        if _no_longer_improving(history, cfg.train.early_stop_patience):
+            log(f"early stop: {select} has not improved for {cfg.train.early_stop_patience} epochs "
+                f"(best {max(history):.4f} in epoch {int(np.argmax(history)) + 1})")
+            break
         model.train()
         train.set_epoch(epoch)
         if progress["epoch"] == epoch and progress["step"]:
@@ -187,6 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
             epoch_row.update({f"{split}_mAP": m["mAP"], f"{split}_mAUC": m["mAUC"], f"{split}_dprime": m["dprime"]})
             if accelerator.is_main_process:
                 preds.save(_prediction_path(run_dir, split, f"epoch_{epoch + 1}"))
+        history.append(epoch_row[select])
         log("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in epoch_row.items()))
         if accelerator.is_main_process:
             results.append_row(run_dir / "metrics.csv", epoch_row)
@@ -204,6 +214,11 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
+def _no_longer_improving(history: list[float], patience: int | None) -> bool:
+    """PSL's early stopping: the selection split's mAP has not improved for ``patience`` epochs."""
+    return bool(patience and history) and len(history) - 1 - int(np.argmax(history)) >= patience
+
+
 def finish(cfg: Config, accelerator: Accelerator, model: torch.nn.Module, splits: dict, result_split: str,
            vocab: Vocabulary, strong, chunker: ChunkedTeacherStudent | None, frontend: FrontEnd) -> dict:
     run_dir = cfg.run_dir
@@ -212,14 +227,16 @@ def finish(cfg: Config, accelerator: Accelerator, model: torch.nn.Module, splits
     epochs = [int(r["epoch"]) for r in rows]
     select = cfg.evaluation.select_on
     best_epoch = epochs[int(np.argmax([float(r[f"{select}_mAP"]) for r in rows]))]
-    summary = {"selected_on": select, "best_epoch": best_epoch, "result_split": result_split}
+    summary = {"selected_on": select, "best_epoch": best_epoch, "result_split": result_split,
+               "epochs_trained": len(epochs), "stopped_early": len(epochs) < cfg.optim.epochs}
 
     # Each epoch's predictions were saved once; the best single model's are one of them.
     members = [Predictions.load(_prediction_path(run_dir, result_split, f"epoch_{e}")) for e in epochs]
     best = members[epochs.index(best_epoch)]
 
     wa_end = cfg.train.wa_end or cfg.optim.epochs
-    wa_epochs = [e for e in epochs if cfg.train.wa_start <= e <= wa_end]
+    # a run stopped early before wa_start averages its last epoch alone; "epochs" says which were averaged
+    wa_epochs = [e for e in epochs if cfg.train.wa_start <= e <= wa_end] or epochs[-1:]
     wa_state = average_state_dicts([run_dir / "models" / f"epoch_{e}.pt" for e in wa_epochs])
     model.load_state_dict(wa_state)
     wa = predict_clips(model, splits[result_split], accelerator)

@@ -40,6 +40,7 @@ class TrainConfig:
     wa_start: int = 1  # weight averaging over epochs wa_start..wa_end (1-based, inclusive)
     wa_end: Optional[int] = None  # default: the last epoch
     log_every: int = 10
+    early_stop_patience: Optional[int] = None  # stop when the selection split's mAP has not improved for this many epochs
     stop_after_steps: Optional[int] = None  # tests: exit abruptly after this many steps, as a kill would
     trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
 
@@ -59,3 +60,6 @@ class PSLConfig:
     chunk_seconds: Optional[float] = None  # None: train on whole clips
     chunk_hop: Optional[float] = None  # default: chunk_seconds
     chunks_per_clip: Optional[int] = None  # None: all chunks; k: k random chunks per clip
+    targets: Literal["soft", "hard"] = "soft"  # the teacher's probabilities, or 1 where they reach threshold
+    threshold: float = 0.5
+    oracle: Optional[str] = None  # strong-label TSV of the training clips: learn from their true chunk labels

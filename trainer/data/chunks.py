@@ -3,7 +3,6 @@ cut clips here, with the same seconds → frames conversion and the same rule fo
 (:func:`split_chunks`)."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
