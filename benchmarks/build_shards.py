@@ -29,10 +29,10 @@ def main() -> int:
     a = p.parse_args()
     data = a.data or dataset(a.clips) / "synthetic"
     with tempfile.TemporaryDirectory() as tmp:
-        n = len(json.loads((data / "train.json").read_text())["data"])
+        n = len(json.loads((data / "unbalanced.json").read_text())["data"])
         rows = []
         for workers in a.workers:
-            opts = BuildOptions(source=data / "train.json", out=Path(tmp) / f"w{workers}" / "bench",
+            opts = BuildOptions(source=data / "unbalanced.json", out=Path(tmp) / f"w{workers}" / "bench",
                                 labels=data / "class_labels_indices.csv", workers=workers)
             t0 = time.perf_counter()
             result = build(opts, progress=False)

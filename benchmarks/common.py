@@ -34,9 +34,9 @@ def dataset(clips: int) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     py = sys.executable
     subprocess.run([py, "-m", "tools.make_synthetic", "--out", str(root / "synthetic"), "--clips", str(clips),
-                    "--eval-clips", "8", "--classes", "10", "--seed", "0"], cwd=REPO, check=True,
+                    "--valid-clips", "1", "--eval-clips", "8", "--classes", "10", "--seed", "0"], cwd=REPO, check=True,
                    stdout=subprocess.DEVNULL)
-    subprocess.run([py, "-m", "tools.build_shards", str(root / "synthetic" / "train.json"), "--out",
+    subprocess.run([py, "-m", "tools.build_shards", str(root / "synthetic" / "unbalanced.json"), "--out",
                     str(root / "shards"), "--labels", str(root / "synthetic" / "class_labels_indices.csv"),
                     "--workers", str(len(os.sched_getaffinity(0))), "--shard-samples", str(max(1, clips // 4)),
                     "--no-progress"], cwd=REPO, check=True, stdout=subprocess.DEVNULL)

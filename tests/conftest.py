@@ -1,10 +1,11 @@
 """Shared fixtures: a tiny synthetic dataset and its built train/eval shards (session-scoped, ~3 s).
 
-``synthetic_dir``: Path of a ``tools.make_synthetic`` output with 40 train and 16 eval clips over 6
-classes (train.json, eval.json, class_labels_indices.csv, train_strong.tsv, eval_strong.tsv, audio/).
-``built_shards``: dict {"train": Path, "eval": Path} of dataset directories built from it by
-``tools.build_shards`` (16 samples per shard: train has 3 shards, eval 1). Treat both as read-only;
-copy them before corrupting anything.
+``synthetic_dir``: Path of a ``tools.make_synthetic`` output with 40 unbalanced (a balanced subset of at
+least 4 clips per class), 8 valid and 16 eval clips over 6 classes ({split}.json, {split}_strong.tsv,
+class_labels_indices.csv, classes.csv, audio/).
+``built_shards``: dict {"train": Path, "eval": Path} of dataset directories built from unbalanced.json and
+eval.json by ``tools.build_shards`` (16 samples per shard: train has 3 shards, eval 1). Treat both as
+read-only; copy them before corrupting anything.
 """
 from __future__ import annotations
 
@@ -15,13 +16,14 @@ import pytest
 from tools.build_shards import BuildOptions, build
 from tools.make_synthetic import make_synthetic
 
-TRAIN_CLIPS, EVAL_CLIPS, CLASSES = 40, 16, 6
+TRAIN_CLIPS, VALID_CLIPS, EVAL_CLIPS, CLASSES = 40, 8, 16, 6
 
 
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("synthetic")
-    make_synthetic(d, clips=TRAIN_CLIPS, eval_clips=EVAL_CLIPS, classes=CLASSES, seed=0)
+    make_synthetic(d, clips=TRAIN_CLIPS, eval_clips=EVAL_CLIPS, classes=CLASSES, seed=0, valid_clips=VALID_CLIPS,
+                   balanced_per_class=4, workers=2)
     return d
 
 
@@ -29,8 +31,8 @@ def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def built_shards(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("shards")
     out = {}
-    for split in ("train", "eval"):
-        opts = BuildOptions(source=synthetic_dir / f"{split}.json", out=root / f"syn{split}",
+    for split, source in (("train", "unbalanced"), ("eval", "eval")):
+        opts = BuildOptions(source=synthetic_dir / f"{source}.json", out=root / f"syn{split}",
                             labels=synthetic_dir / "class_labels_indices.csv", workers=1, shard_samples=16)
         result = build(opts, progress=False)
         assert result.num_written == result.num_inputs, result.summary()

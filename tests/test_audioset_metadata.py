@@ -61,7 +61,7 @@ def test_non_editable_install_ships_the_metadata(tmp_path):
         proc = subprocess.run([sys.executable, *args], cwd=elsewhere, env=env, capture_output=True, text=True,
                               timeout=300)
         assert proc.returncode == 0, proc.stderr
-    assert len(list((elsewhere / "synthetic_check" / "audio" / "train").iterdir())) == 8
+    assert len(list((elsewhere / "synthetic_check" / "audio" / "unbalanced").iterdir())) == 8
     probe = subprocess.run([sys.executable, "-c", "import tools.audioset; print(tools.audioset.__file__)"],
                            cwd=elsewhere, env=env, capture_output=True, text=True, check=True)
     assert Path(probe.stdout.strip()).is_relative_to(target)  # the installed copy, not the checkout

@@ -26,7 +26,7 @@ from trainer.data.manifest import Vocabulary, read_manifest
 
 def _opts(synthetic_dir: Path, out: Path, **kw) -> bs.BuildOptions:
     kw.setdefault("shard_samples", 8)
-    return bs.BuildOptions(source=synthetic_dir / "train.json", out=out,
+    return bs.BuildOptions(source=synthetic_dir / "unbalanced.json", out=out,
                            labels=synthetic_dir / "class_labels_indices.csv", **kw)
 
 
@@ -42,7 +42,7 @@ def _assert_same_dataset(a: Path, b: Path) -> None:
 
 def test_round_trip_samples_equal_written_pcm16(synthetic_dir, built_shards):
     records = read_manifest(built_shards["train"])
-    entries = json.loads((synthetic_dir / "train.json").read_text())["data"]
+    entries = json.loads((synthetic_dir / "unbalanced.json").read_text())["data"]
     kinds = set()
     for rec, entry in zip(records, entries):
         src = synthetic_dir / entry["wav"]
@@ -85,7 +85,7 @@ def test_tar_members_are_deterministic_and_index_matches_wds2idx(built_shards, t
     assert [t.name for t in tars] == ["syntrain-000000.tar", "syntrain-000001.tar", "syntrain-000002.tar"]
     with tarfile.open(tars[0]) as tar:
         members = tar.getmembers()
-    assert [m.name for m in members[:2]] == ["syn_tr_000001.flac", "syn_tr_000001.json"]
+    assert [m.name for m in members[:2]] == ["syn_un_000001.flac", "syn_un_000001.json"]
     assert {(m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode) for m in members} == {(0, 0, 0, "", "", 0o644)}
     from wds2idx import IndexCreator  # DALI's own index tool is the reference for the format
 
@@ -163,7 +163,7 @@ def test_weights_csv_matches_manifest_labels(built_shards):
 def _reject_source(synthetic_dir: Path, tmp: Path) -> Path:
     """A PSLA datafile with 4 good inputs and one input for each reject reason."""
     vocab = Vocabulary.load(synthetic_dir / "class_labels_indices.csv")
-    good = json.loads((synthetic_dir / "train.json").read_text())["data"][:4]
+    good = json.loads((synthetic_dir / "unbalanced.json").read_text())["data"][:4]
     (tmp / "dup").mkdir()
     shutil.copy(synthetic_dir / good[0]["wav"], tmp / "dup" / Path(good[0]["wav"]).name)
     (tmp / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really audio")

@@ -60,7 +60,7 @@ def test_index_mismatch_is_reported(dataset):
     lines[3] = " ".join(f)
     idx.write_text("\n".join(lines) + "\n")
     problems, _ = verify_shards.verify(dataset)
-    assert len(problems) == 1 and problems[0].startswith("syntrain-000000.idx:4: syn_tr_000003:")
+    assert len(problems) == 1 and problems[0].startswith("syntrain-000000.idx:4: syn_un_000003:")
 
 
 def test_manifest_mismatch_is_reported(dataset):
