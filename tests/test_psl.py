@@ -161,3 +161,20 @@ def test_oracle_student_with_early_stopping(built_shards, synthetic_dir, tmp_pat
     assert len(history) == summary["epochs_trained"] == stop
     assert summary["stopped_early"] == (stop < 5)
     assert summary["weight_averaged"]["epochs"] == [1, stop]
+
+
+def test_bce_clamps_probabilities_outside_0_1_and_keeps_nan():
+    from trainer.losses import bce
+
+    # attention pooling's free head weights can push a clip probability above 1: torch's BCE raises there
+    probs, targets = torch.tensor([[1.3, 0.5], [-0.2, 1e-9]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    with pytest.raises(RuntimeError):
+        F.binary_cross_entropy(probs, targets)
+    loss = bce(probs, targets)
+    expected = -(torch.log(torch.tensor(1 - 1e-7)) + torch.log(torch.tensor(0.5)) + torch.log(torch.tensor(1 - 1e-7))
+                 + torch.log(torch.tensor(1e-7))) / 4
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    p = torch.rand(4, 3) * 0.98 + 0.01
+    t = (torch.rand(4, 3) > 0.5).float()
+    assert bce(p, t).item() == pytest.approx(F.binary_cross_entropy(p, t).item(), rel=1e-5)  # inside (0, 1): the same
+    assert torch.isnan(bce(torch.tensor([float("nan")]), torch.tensor([1.0])))
