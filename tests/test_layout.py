@@ -7,7 +7,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 LOOP = {"trainer.config", "trainer.run", "trainer.psl", "trainer.settings", "trainer.losses", "trainer.runs",
-        "trainer.evaluate", "trainer.checkpointing"}
+        "trainer.evaluate", "trainer.checkpointing", "trainer.faults", "trainer.steplog"}
 
 
 def imports(path: Path) -> set[str]:

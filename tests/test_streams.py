@@ -1,5 +1,6 @@
 """Streams end to end on tiny shard sets: resume, rank coverage (in-process and two real processes),
 dataset resolution and the bad-input errors."""
+import contextlib
 import json
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import torch
 
 from runkit import launch
 from tests.shardkit import make_dataset
+from trainer.data.corrupt import CorruptLog, TooManyCorrupt
 from trainer.data.datasets import in_holdout, load_records, resolve_splits
 from trainer.data.features import build_frontend
 from trainer.data.settings import AugmentConfig, DataConfig, FeatureConfig, LoaderSettings
@@ -121,12 +123,52 @@ def test_two_real_processes(ds, tmp_path):
     assert sorted(evals) == sorted(r.key for r in records)
 
 
-def test_corrupt_member_names_shard_and_key(tmp_path):
+def test_corrupt_eval_clip_is_left_out_and_reported(tmp_path):
     make_dataset(tmp_path / "bad", n=6, num_shards=2, seconds=0.5, corrupt=("ds00003",))
     records = load_records(str(tmp_path / "bad"))[0]
     ev = EvalStream(records, 5, LoaderSettings(3), FEAT, 0, 1, CPU)
-    with pytest.raises(RuntimeError, match=r"ds00003.*ds-000001\.tar"):
-        list(ev)
+    for _ in range(2):  # the second pass plans without it
+        with pytest.warns(UserWarning, match="ds00003") if not ev.missing else contextlib.nullcontext():
+            keys = [k for b in ev for k in b["keys"]]
+        assert sorted(keys) == sorted(r.key for r in records if r.key != "ds00003")
+    assert list(ev.missing) == ["ds00003"] and "ds-000001.tar" in ev.missing["ds00003"]
+
+
+def _corrupt_train(tmp_path, log=None, rank=0, world=1):
+    if not (tmp_path / "bad").is_dir():
+        make_dataset(tmp_path / "bad", n=6, num_shards=2, seconds=0.5, corrupt=("ds00003",))
+    records = load_records(str(tmp_path / "bad"))[0]
+    return TrainStream(records, 5, LoaderSettings(batch_size=4), FEAT, AUG, 7, rank, world, CPU, num_samples=40,
+                       corrupt=log)
+
+
+def test_corrupt_training_sample_stops_the_run_naming_it_with_fail(tmp_path):
+    stream = _corrupt_train(tmp_path)
+    with pytest.raises(RuntimeError, match=r"corrupt FLAC member ds00003\.flac in shard .*ds-000001\.tar"):
+        list(stream)
+
+
+def test_corrupt_training_sample_is_skipped_logged_and_replaced_deterministically(tmp_path):
+    log = CorruptLog(tmp_path / "corrupt.jsonl", total=6, max_fraction=0.5)
+    stream = _corrupt_train(tmp_path, log)
+    assert any(stream.records[i].key == "ds00003" for b in stream.batches() for i in b)  # it is drawn
+    with pytest.warns(UserWarning, match="skipping corrupt training sample ds00003"):
+        full = list(stream)
+    assert len(full) == len(stream) == 10 and all(len(b["keys"]) == 4 for b in full)  # no batch is short
+    assert all("ds00003" not in b["keys"] for b in full)
+    rows = [json.loads(line) for line in (tmp_path / "corrupt.jsonl").read_text().splitlines()]
+    assert [(r["key"], r["epoch"]) for r in rows] == [("ds00003", 1)] and r"ds-000001.tar" in rows[0]["shard"]
+    # a resumed stream (a new process, the same log) plans the same batches without decoding it again
+    resumed = _corrupt_train(tmp_path, CorruptLog(tmp_path / "corrupt.jsonl", total=6, max_fraction=0.5))
+    resumed.load_state_dict({"epoch": 0, "position": 3})
+    rest = list(resumed)
+    assert [b["keys"] for b in rest] == [b["keys"] for b in full[3:]]
+    assert all(torch.equal(a["features"], b["features"]) for a, b in zip(rest, full[3:]))
+    # another rank reads the log: it never draws the sample either
+    other = _corrupt_train(tmp_path, CorruptLog(tmp_path / "corrupt.jsonl", total=6, max_fraction=0.5), 1, 2)
+    assert all("ds00003" not in b["keys"] for b in other)
+    with pytest.raises(TooManyCorrupt, match="1 of 6 training samples failed to decode"):
+        list(_corrupt_train(tmp_path / "strict", CorruptLog(tmp_path / "strict.jsonl", total=6, max_fraction=0.1)))
 
 
 def test_missing_shard_and_index(tmp_path):

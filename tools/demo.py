@@ -123,6 +123,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"runs/{name}_seed{seed} is complete: reused (delete it to train again)")
                 continue
             overrides = [f"run.name={name}_seed{seed}", f"run.seed={seed}"]
+            if (Path("runs") / f"{name}_seed{seed}").exists():  # an interrupted run: continue it
+                overrides.append("run.resume=true")
             if name not in ("demo", "demo_weak_10s", "demo_weak_2s", "demo_oracle_2s"):
                 overrides.append(f"psl.teacher=runs/demo_seed{seed}")
             launch(f"configs/{name}.yaml", overrides, args.processes)

@@ -207,6 +207,10 @@ def _validate(cfg: Config, check_paths: bool) -> None:
     if not 1 <= cfg.train.wa_start <= (cfg.train.wa_end or cfg.optim.epochs) <= cfg.optim.epochs:
         raise ConfigError(f"train.wa_start/wa_end: need 1 <= wa_start <= wa_end <= optim.epochs, got "
                           f"{cfg.train.wa_start}, {cfg.train.wa_end}, {cfg.optim.epochs}")
+    if cfg.run.resume and cfg.run.overwrite:
+        raise ConfigError("run.overwrite: cannot both resume a run and start it over; set one of run.resume, run.overwrite")
+    if not 0.0 <= cfg.data.max_corrupt_fraction < 1.0:
+        raise ConfigError(f"data.max_corrupt_fraction: must be in [0, 1), got {cfg.data.max_corrupt_fraction}")
     if not 0.0 <= cfg.psl.alpha <= 1.0:
         raise ConfigError(f"psl.alpha: must be in [0, 1], got {cfg.psl.alpha}")
     if not 0.0 <= cfg.augment.mixup <= 1.0:

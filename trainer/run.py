@@ -19,16 +19,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from tqdm import tqdm
 
 from trainer import results
 from trainer.averaging import average_state_dicts
-from trainer.checkpointing import find_checkpoint, load_checkpoint, read_progress, save_checkpoint, save_weights, \
-    weights_path
+from trainer.checkpointing import SaveFailed, copy_weights, find_checkpoint, load_checkpoint, read_progress, \
+    save_checkpoint, save_weights, weights_path
 from trainer.config import Config, ConfigError, load_config
 from trainer.cpu_tuning import configure_cpu
 from trainer.data.chunks import Chunking
+from trainer.data.corrupt import CORRUPT_SAMPLES, CorruptLog, TooManyCorrupt
 from trainer.data.datasets import resolve_splits
 from trainer.data.features import FrontEnd, build_frontend
 from trainer.data.manifest import VOCABULARY, Vocabulary
@@ -40,8 +41,10 @@ from trainer.evaluate import Predictions, predict_chunks, predict_clips
 from trainer.losses import training_loss
 from trainer.models import build_model, load_weights
 from trainer.optim import build_optimizer, build_scheduler
+from trainer.faults import NonFinite, Preempted, Preemption, RunExists, claim_run_dir
 from trainer.psl import ChunkedTeacherStudent, ChunkOracle
 from trainer.runs import build_teacher
+from trainer.steplog import Flush, StepLog
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -55,6 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     run_dir = cfg.run_dir
+    claim_run_dir(run_dir, cfg.run.resume, cfg.run.overwrite)  # before any work: never over another run's results
     precision = cfg.train.precision
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() else "no"
@@ -66,6 +70,9 @@ def main(argv: list[str] | None = None) -> dict:
         project_dir=str(run_dir),
     )
     rank, world = accelerator.process_index, accelerator.num_processes
+    if cfg.run.overwrite and accelerator.is_main_process:
+        shutil.rmtree(run_dir, ignore_errors=True)  # no stale file of the old run survives
+    accelerator.wait_for_everyone()
     if accelerator.device.type == "cpu":
         configure_cpu(int(os.environ.get("LOCAL_WORLD_SIZE", world)), cfg.train.cpu_threads)
     log = accelerator.print
@@ -89,8 +96,10 @@ def main(argv: list[str] | None = None) -> dict:
         accelerator.init_trackers(cfg.run.name, config=_flat(cfg.to_dict()))
     accelerator.wait_for_everyone()
     where = dict(rank=rank, world_size=world, device=accelerator.device)
+    corrupt = CorruptLog(run_dir / CORRUPT_SAMPLES, len(data.train), cfg.data.max_corrupt_fraction) \
+        if cfg.data.on_corrupt == "skip" else None
     train = TrainStream(data.train, len(vocab), cfg.data.loader(), frontend, cfg.augment, cfg.run.seed, **where,
-                        weighted=cfg.data.weighted, num_samples=cfg.data.num_samples)
+                        weighted=cfg.data.weighted, num_samples=cfg.data.num_samples, corrupt=corrupt)
     eval_loader = cfg.data.loader(cfg.evaluation.batch_size)
     splits = {"valid": EvalStream(data.valid, len(vocab), eval_loader, frontend, **where)}
     if data.eval:
@@ -132,6 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- 4. Train ------------------------------------------------------------------------------
     global_step = progress["global_step"]
+    steplog, preemption = StepLog(), Preemption()
     for epoch in range(progress["epoch"], cfg.optim.epochs):
         if _no_longer_improving(history, cfg.train.early_stop_patience):
             log(f"early stop: {select} has not improved for {cfg.train.early_stop_patience} epochs "
@@ -151,30 +161,34 @@ def main(argv: list[str] | None = None) -> dict:
             torch.manual_seed(torch_seed(cfg.run.seed, STEP, epoch, step, rank))  # dropout, chunk picks: resumable
             with accelerator.accumulate(model):
                 loss = training_loss(model, chunker, batch, cfg.psl.alpha, accelerator.autocast)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.optim.grad_clip:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-                optimizer.step()
-                if accelerator.sync_gradients:
-                    scheduler.step()
+                if cfg.train.on_nonfinite == "skip_step" and _nonfinite_anywhere(loss, accelerator):
+                    log(f"warning: non-finite loss at epoch {epoch + 1}, step {step + 1}: step skipped")
+                else:
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and cfg.optim.grad_clip:
+                        accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                    optimizer.step()
+                    if accelerator.sync_gradients:
+                        scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             global_step += 1
-            mean_loss = accelerator.reduce(loss.detach(), "mean").item()
-            losses.append(mean_loss)
+            steplog.add(loss, batch["keys"], epoch, step, global_step, optimizer.param_groups[0]["lr"])
             clips += len(batch["keys"]) * world
-            rate = clips / (time.perf_counter() - started)
             bar.update(1)
-            bar.set_postfix(loss=f"{mean_loss:.4f}", clips_s=f"{rate:.1f}")
-            if accelerator.is_main_process:
-                lr = optimizer.param_groups[0]["lr"]
-                results.append_row(run_dir / "steps.csv", {"epoch": epoch + 1, "step": step + 1,
-                                                           "global_step": global_step, "loss": mean_loss, "lr": lr})
-                if global_step % cfg.train.log_every == 0:
-                    accelerator.log({"train/loss": mean_loss, "train/lr": lr, "train/clips_per_s": rate},
-                                    step=global_step)
-            if cfg.train.save_every_steps and global_step % cfg.train.save_every_steps == 0 \
-                    and step + 1 < steps_per_epoch:
-                save_checkpoint(accelerator, run_dir, global_step, {
+            last = step + 1 == steps_per_epoch
+            save = cfg.train.save_every_steps and global_step % cfg.train.save_every_steps == 0 and not last
+            if last or save or global_step % cfg.train.log_every == 0:  # the losses reach the host here only
+                flush = steplog.flush(accelerator, preemption.signal is not None)
+                losses += _record(flush, cfg.train.on_nonfinite, accelerator, run_dir,
+                                  clips / (time.perf_counter() - started))
+                bar.set_postfix(loss=f"{losses[-1]:.4f}" if losses else "-")
+                if flush.stop and not last:  # preempted mid-epoch: save where the ranks are, then stop
+                    raise preemption.stop(f"at epoch {epoch + 1}, step {step + 1}", save_checkpoint(
+                        accelerator, model, run_dir, global_step, {
+                            "epoch": epoch, "step": step + 1, "global_step": global_step, "seed": cfg.run.seed,
+                            "stream": train.state_dict()}))
+            if save:
+                save_checkpoint(accelerator, model, run_dir, global_step, {
                     "epoch": epoch, "step": step + 1, "global_step": global_step, "seed": cfg.run.seed,
                     "stream": train.state_dict()})
             if cfg.train.stop_after_steps and global_step >= cfg.train.stop_after_steps:
@@ -203,15 +217,39 @@ def main(argv: list[str] | None = None) -> dict:
             results.plot_curves(run_dir / "metrics.csv", run_dir / "curves.png")
             accelerator.log({f"epoch/{k}": v for k, v in epoch_row.items()}, step=global_step)
             save_weights(unwrapped.state_dict(), run_dir / "models" / f"epoch_{epoch + 1}.pt")
-        save_checkpoint(accelerator, run_dir, global_step, {
+        saved = save_checkpoint(accelerator, model, run_dir, global_step, {
             "epoch": epoch + 1, "step": 0, "global_step": global_step, "seed": cfg.run.seed,
             "stream": train.state_dict()})
+        if preemption.agreed(accelerator):  # a signal during the epoch's last steps or its evaluation
+            raise preemption.stop(f"after epoch {epoch + 1}", saved)
+    preemption.restore()
 
     # ---- 5. Best single model, weight averaging, checkpoint ensemble ---------------------------
     summary = finish(cfg, accelerator, accelerator.unwrap_model(model), splits, result_split, vocab, strong,
                      chunker, frontend)
     accelerator.end_training()
     return summary
+
+
+def _nonfinite_anywhere(loss: torch.Tensor, accelerator: Accelerator) -> bool:
+    """Whether the loss is non-finite on any rank: all skip the step together (a host sync every step)."""
+    return bool(accelerator.reduce((~torch.isfinite(loss.detach())).float(), "sum").item() > 0)
+
+
+def _record(flush: Flush, on_nonfinite: str, accelerator: Accelerator, run_dir: Path, rate: float) -> list[float]:
+    """Write a flush's steps.csv rows and tracker values; stop at a non-finite loss unless skipping those."""
+    rows = flush.rows
+    if flush.nonfinite is not None and on_nonfinite == "fail":
+        rows = rows[:flush.first_nonfinite]
+    if accelerator.is_main_process:
+        for row in rows:
+            results.append_row(run_dir / "steps.csv", row)
+        if rows:
+            accelerator.log({"train/loss": float(np.mean([r["loss"] for r in rows])), "train/lr": rows[-1]["lr"],
+                             "train/clips_per_s": rate}, step=rows[-1]["global_step"])
+    if len(rows) < len(flush.rows):
+        raise flush.nonfinite
+    return [r["loss"] for r in rows]
 
 
 def _no_longer_improving(history: list[float], patience: int | None) -> bool:
@@ -250,6 +288,10 @@ def finish(cfg: Config, accelerator: Accelerator, model: torch.nn.Module, splits
     summary["weight_averaged"] = {"epochs": [wa_epochs[0], wa_epochs[-1]],
                                   **results.scalar_metrics(metrics["weight_averaged"])}
     summary["checkpoint_ensemble"] = {"epochs": len(members), **results.scalar_metrics(metrics["checkpoint_ensemble"])}
+    for split, stream in splits.items():  # clips that failed to decode: left out of the metrics, never silently
+        missing = dict(gather_object(sorted(stream.missing.items())))
+        if missing:
+            summary[f"{split}_missing"] = missing
 
     if strong is not None:
         chunking = Chunking.of(frontend, cfg.evaluation.chunk_seconds)
@@ -263,7 +305,7 @@ def finish(cfg: Config, accelerator: Accelerator, model: torch.nn.Module, splits
 
     if accelerator.is_main_process:
         models = run_dir / "models"
-        shutil.copyfile(models / f"epoch_{best_epoch}.pt", models / "best.pt")
+        copy_weights(models / f"epoch_{best_epoch}.pt", models / "best.pt")
         save_weights(wa_state, models / "wa.pt")
         best.save(_prediction_path(run_dir, result_split, "best"))
         wa.save(_prediction_path(run_dir, result_split, "wa"))
@@ -299,3 +341,8 @@ if __name__ == "__main__":
         main(sys.argv[1:])
     except ConfigError as e:
         sys.exit(f"config error: {e}")
+    except Preempted as e:  # a checkpoint is saved: the run can go on with run.resume=true
+        print(e, file=sys.stderr)
+        sys.exit(e.code)
+    except (RunExists, NonFinite, SaveFailed, TooManyCorrupt) as e:
+        sys.exit(f"error: {e}")

@@ -15,6 +15,7 @@ class RunConfig:
     dir: str = "runs"  # the run directory is {dir}/{name}
     seed: int = 0
     resume: Union[bool, str] = False  # true: latest checkpoint of this run; a path: that checkpoint
+    overwrite: bool = False  # start over in a directory holding another run's results (deleted first)
 
 
 @dataclass
@@ -41,6 +42,7 @@ class TrainConfig:
     wa_end: Optional[int] = None  # default: the last epoch
     log_every: int = 10
     early_stop_patience: Optional[int] = None  # stop when the selection split's mAP has not improved for this many epochs
+    on_nonfinite: Literal["fail", "skip_step"] = "fail"  # skip_step: drop such steps (costs a host sync a step)
     stop_after_steps: Optional[int] = None  # tests: exit abruptly after this many steps, as a kill would
     trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
 

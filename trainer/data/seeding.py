@@ -13,6 +13,7 @@ import torch
 SAMPLING = 0  # one epoch's sample order, identical on every rank: (SAMPLING, epoch)
 AUGMENT = 1  # one batch's augmentation on one rank: (AUGMENT, epoch, step, rank)
 STEP = 2  # the torch RNG of one training step on one rank (dropout, chunk picks): (STEP, epoch, step, rank)
+SUBSTITUTE = 3  # the samples that replace a corrupt one in a batch slot: (SUBSTITUTE, epoch, step, rank, slot)
 
 
 def derive(seed: int, *path: int) -> np.random.SeedSequence:

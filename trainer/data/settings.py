@@ -29,6 +29,8 @@ class DataConfig:
     num_samples: Optional[int] = None  # draws per epoch; default: training set size
     num_threads: int = 2  # DALI CPU threads per process
     prefetch: int = 2  # DALI prefetch queue depth
+    on_corrupt: Literal["fail", "skip"] = "skip"  # a training sample that does not decode: stop, or skip and log it
+    max_corrupt_fraction: float = 0.001  # stop when more of the training set than this has been skipped
 
     def loader(self, batch_size: int | None = None) -> LoaderSettings:
         """Loader settings for training batches, or for batches of ``batch_size`` (evaluation)."""

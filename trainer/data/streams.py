@@ -7,10 +7,17 @@ stream's device is CUDA, or from a torch tail on worker threads on a CPU (featur
 runs where). The order of samples is a pure function of (seed, epoch, rank) and augmentation of
 (seed, epoch, step, rank), so resuming skips the consumed batches without decoding them, and batches
 are the same whatever the number of worker threads.
+
+A sample DALI cannot decode is found by decoding the failed batches' samples again with soundfile. In
+training it is skipped (with a :class:`CorruptLog`) or stops the run naming it; its place in a batch goes
+to the first decodable sample of a sequence drawn for that slot from (seed, epoch, step, rank, slot), so
+batches stay full and depend only on which samples are corrupt, not on when that was found: a resumed run
+repeats the uninterrupted one. Evaluation leaves a corrupt clip out and reports it (:attr:`EvalStream.missing`).
 """
 from __future__ import annotations
 
 import io
+import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Hashable, Iterator, Sequence
@@ -20,10 +27,11 @@ import soundfile as sf
 import torch
 
 from trainer.data.augment import Augmenter
+from trainer.data.corrupt import CorruptLog
 from trainer.data.features import FrontEnd
 from trainer.data.manifest import ShardBytes, ShardRecord
 from trainer.data.sampling import eval_order, train_batches_per_rank, train_order
-from trainer.data.seeding import AUGMENT, numpy_rng
+from trainer.data.seeding import AUGMENT, SUBSTITUTE, numpy_rng
 from trainer.data.settings import AugmentConfig, LoaderSettings
 
 
@@ -44,7 +52,7 @@ class _Stream:
         self._gpu = self.device.type == "cuda"
         self._read = ShardBytes()
         self._pipe: Any = None  # one DALI pipeline for the stream's life, rebuilt only when the plan changes
-        self._queued: deque[Hashable] = deque()  # keys of the batches DALI has taken and not yet returned
+        self._queued: deque[tuple[Hashable, list[int]]] = deque()  # batches DALI has taken, not yet returned
         # CPU: each batch's tail (spectrum, mel, augmentation) runs on a worker thread with single-threaded
         # torch ops, one batch per worker, as many workers as the caller's torch threads: batches are
         # finished side by side and ahead of the caller, who trains on one while the next are computed
@@ -70,23 +78,24 @@ class _Stream:
             y[row, list(self.records[i].labels)] = 1.0
         return torch.from_numpy(y).to(self.device)
 
-    def _features(self, batches: list[list[int]], start: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-        """(batch number, B × mel × frames features, B × classes labels) on the device for ``batches[start:]``,
-        after :meth:`_post`; on CPU up to ``workers`` batches beyond the one handed out are in the works."""
-        ahead: deque[tuple[int, Future]] = deque()
-        for i in range(start, len(batches)):
+    def _features(self, start: int, stop: int) -> Iterator[tuple[int, list[int], torch.Tensor, torch.Tensor]]:
+        """(batch number, record indices, B × mel × frames features, B × classes labels) on the device for batches
+        ``start`` to ``stop`` of the current pass, after :meth:`_post`; on CPU up to ``workers`` batches beyond
+        the one handed out are in the works."""
+        ahead: deque[tuple[int, list[int], Future]] = deque()
+        for i in range(start, stop):
             # one thread drives the pipeline, in order; the workers only see torch tensors
-            out = [self._to_torch(o) for o in self._run(self._key(i), batches, i)] if batches[i] else None
-            ahead.append((i, self._submit(self._tail, i, out, batches[i])))
+            out, idx = self._run(i) if self._batch(i) else (None, [])
+            ahead.append((i, idx, self._submit(self._tail, i, out, idx)))
             if len(ahead) > self._workers:
-                j, job = ahead.popleft()
-                yield j, *job.result()
+                j, idx, job = ahead.popleft()
+                yield j, idx, *job.result()
         while ahead:
-            j, job = ahead.popleft()
-            yield j, *job.result()
+            j, idx, job = ahead.popleft()
+            yield j, idx, *job.result()
 
     def _tail(self, i: int, out: list[torch.Tensor] | None, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        if out is None:  # an eval rank's empty last batch; DALI cannot run an empty batch
+        if out is None:  # an eval rank's empty batch; DALI cannot run an empty batch
             return torch.zeros(0, self.frontend.num_mels, self.frontend.num_frames, device=self.device), \
                 self._labels([])
         return self._post(i, self.frontend.finish(out), self._labels(idx))
@@ -99,33 +108,45 @@ class _Stream:
         """Identity of batch ``i`` of the current pass, as the plan names it."""
         raise NotImplementedError
 
+    def _batch(self, i: int) -> list[int]:
+        """Record indices of batch ``i`` of the current pass, corrupt samples excluded."""
+        raise NotImplementedError
+
     def _plan(self, start: int) -> Iterator[tuple[Hashable, list[int]]]:
         """(key, record indices) from batch ``start`` of the current pass on, running on into the passes
         that follow, so DALI's prefetch crosses pass boundaries instead of the pipeline being rebuilt."""
         raise NotImplementedError
 
-    def _run(self, key: Hashable, batches: list[list[int]], i: int) -> tuple[Any, ...]:
-        """DALI's outputs for batch ``key``: from the standing pipeline when it is the next one queued
-        (the usual case, also across epochs), else from a new pipeline planned from ``i``."""
-        if self._pipe is None or not self._queued or self._queued[0] != key:
-            self._pipe = None  # stops the old pipeline's threads and frees its prefetched batches first
-            self._queued.clear()
-            self._pipe = self._pipeline(self._plan(i))
-        try:
-            out = self._pipe.run()
-        except Exception as e:  # DALI reports a failed decode for the whole batch
-            self._pipe = None
-            self._queued.clear()
-            self._blame(batches[i:i + self.loader.prefetch + 1], e)
-        self._queued.popleft()
-        return out
+    def _exclude(self, bad: dict[int, str], i: int) -> None:
+        """Take the corrupt samples ``bad`` (record index → error), found at batch ``i``, out of the batches
+        planned from now on, or raise."""
+        raise NotImplementedError
+
+    def _run(self, i: int) -> tuple[list[torch.Tensor], list[int]]:
+        """DALI's outputs for batch ``i`` and the record indices they hold: from the standing pipeline when
+        it is the next one queued (the usual case, also across epochs), else from a new pipeline planned from
+        ``i``; a failed batch has its corrupt samples excluded and is planned again."""
+        while True:
+            if self._pipe is None or not self._queued or self._queued[0][0] != self._key(i):
+                self._pipe = None  # stops the old pipeline's threads and frees its prefetched batches first
+                self._queued.clear()
+                self._pipe = self._pipeline(self._plan(i))
+            try:
+                out = self._pipe.run()
+            except Exception as e:  # DALI reports a failed decode for the whole batch
+                taken = [idx for _, idx in self._queued] or [self._batch(i)]
+                self._pipe = None
+                self._queued.clear()
+                self._exclude(self._blame(taken, e), i)
+                continue
+            return [self._to_torch(o) for o in out], self._queued.popleft()[1]
 
     def _pipeline(self, plan: Iterator[tuple[Hashable, list[int]]]) -> Any:
         from nvidia.dali import fn, pipeline_def, types
 
         def source() -> Iterator[list[np.ndarray]]:
             for key, idx in plan:
-                self._queued.append(key)
+                self._queued.append((key, idx))
                 yield [self._read(self.records[i]) for i in idx]
 
         device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) \
@@ -149,26 +170,38 @@ class _Stream:
         with self.device:  # a CUDA tensor is handed over on this device's current stream
             return to_torch_tensor(tl.as_tensor(), copy=False)  # fixed clip length: one dense tensor
 
-    def _blame(self, batches: list[list[int]], error: Exception) -> None:
-        """Re-check the failing batch (and those prefetched with it) with soundfile; raise naming the sample."""
-        for idx in batches:
-            for i in idx:
-                rec = self.records[i]
-                try:
-                    sf.read(io.BytesIO(self._read(rec).tobytes()))
-                except Exception as bad:
-                    raise RuntimeError(f"corrupt FLAC member {rec.key}.flac in shard {rec.shard}: {bad}") from error
+    def _blame(self, batches: list[list[int]], error: Exception) -> dict[int, str]:
+        """The samples of the failing batch (and those prefetched with it) that soundfile cannot decode
+        either, with its error; when none, DALI failed for another reason: raise that, naming the batch."""
+        bad = {}
+        for i in dict.fromkeys(i for idx in batches for i in idx):
+            try:
+                sf.read(io.BytesIO(self._read(self.records[i]).tobytes()))
+            except Exception as e:  # libsndfile raises several types for corrupt streams
+                bad[i] = str(e)
+        if bad:
+            return bad
         keys = [self.records[i].key for i in batches[0]]
         raise RuntimeError(f"DALI failed on a batch of {len(keys)} samples ({keys[:4]}…, shards "
-                           f"{sorted({self.records[i].shard for i in batches[0]})}): {error}") from error
+                           f"{sorted({self.records[i].shard for i in batches[0]})}), none of them corrupt: "
+                           f"{error}") from error
+
+    def _corrupt_error(self, bad: dict[int, str]) -> RuntimeError:
+        i, error = next(iter(bad.items()))
+        rec = self.records[i]
+        return RuntimeError(f"corrupt FLAC member {rec.key}.flac in shard {rec.shard}: {error}")
 
 
 class TrainStream(_Stream):
-    """Training batches: PSLA weighted (or uniform) sampling, augmentation, resumable mid-epoch."""
+    """Training batches: PSLA weighted (or uniform) sampling, augmentation, resumable mid-epoch.
+
+    ``corrupt`` None: a sample that fails to decode stops the run, naming it (``data.on_corrupt: fail``);
+    a :class:`CorruptLog`: it is skipped, logged there and replaced (``skip``).
+    """
 
     def __init__(self, records: Sequence[ShardRecord], vocab_size: int, loader: LoaderSettings, frontend: FrontEnd,
                  augment: AugmentConfig, seed: int, rank: int, world_size: int, device: torch.device,
-                 weighted: bool = True, num_samples: int | None = None) -> None:
+                 weighted: bool = True, num_samples: int | None = None, corrupt: CorruptLog | None = None) -> None:
         super().__init__(records, vocab_size, loader, frontend, rank, world_size, device)
         self.seed = seed
         self.weighted = weighted  # PSLA: draws ∝ the records' weights, with replacement
@@ -176,7 +209,12 @@ class TrainStream(_Stream):
         self.position = 0  # batches of this epoch handed to the caller
         self.num_samples = num_samples or len(self.records)
         self.augment = Augmenter(augment, frontend)
+        self.corrupt = corrupt
         self._weights = torch.tensor([r.weight for r in self.records], dtype=torch.double)
+        self._orders: dict[int, list[list[int]]] = {}  # batches of the epochs being planned
+        self._bad: set[int] = set()  # record indices known corrupt
+        self._cumulative: np.ndarray | None = None  # cumulative weights, for drawing substitutes
+        self._index: dict[str, int] | None = None  # key → record index, built when a corrupt sample is known
 
     def __len__(self) -> int:
         return train_batches_per_rank(self.num_samples, self.loader.batch_size, self.world_size)
@@ -187,28 +225,72 @@ class TrainStream(_Stream):
             self.epoch, self.position = epoch, 0
 
     def batches(self, epoch: int | None = None) -> list[list[int]]:
-        """This rank's record indices of ``epoch`` (default: the current one), batch by batch."""
-        order = train_order(self._weights, self.num_samples, self.weighted, self.loader.batch_size,
-                            self.seed, self.epoch if epoch is None else epoch, self.rank, self.world_size)
-        return order.view(-1, self.loader.batch_size).tolist()
+        """This rank's record indices of ``epoch`` (default: the current one), batch by batch, as drawn
+        (before corrupt samples are replaced)."""
+        epoch = self.epoch if epoch is None else epoch
+        if epoch not in self._orders:
+            order = train_order(self._weights, self.num_samples, self.weighted, self.loader.batch_size,
+                                self.seed, epoch, self.rank, self.world_size)
+            self._orders = {e: b for e, b in self._orders.items() if e >= self.epoch}
+            self._orders[epoch] = order.view(-1, self.loader.batch_size).tolist()
+        return self._orders[epoch]
+
+    def _final(self, epoch: int, i: int, idx: list[int]) -> list[int]:
+        """Batch ``i`` of ``epoch`` with each corrupt sample replaced by the first decodable one drawn for
+        its slot (as the sampler draws: by weight, or uniformly)."""
+        if self._bad.isdisjoint(idx):
+            return idx
+        out = list(idx)
+        for slot, r in enumerate(idx):
+            if r in self._bad:
+                rng = numpy_rng(self.seed, SUBSTITUTE, epoch, i, self.rank, slot)
+                while r in self._bad:
+                    r = self._draw(rng)
+                out[slot] = r
+        return out
+
+    def _draw(self, rng: np.random.Generator) -> int:
+        if not self.weighted:
+            return int(rng.integers(len(self.records)))
+        if self._cumulative is None:
+            self._cumulative = np.cumsum(self._weights.numpy())
+        at = np.searchsorted(self._cumulative, rng.random() * self._cumulative[-1], side="right")
+        return int(min(at, len(self.records) - 1))
+
+    def _batch(self, i: int) -> list[int]:
+        return self._final(self.epoch, i, self.batches()[i])
 
     def _key(self, i: int) -> Hashable:
         return self.seed, self.epoch, i
 
     def _plan(self, start: int) -> Iterator[tuple[Hashable, list[int]]]:
+        self._refresh()
         epoch = self.epoch
         while True:
             batches = self.batches(epoch)
             for i in range(start, len(batches)):
-                yield (self.seed, epoch, i), batches[i]
+                yield (self.seed, epoch, i), self._final(epoch, i, batches[i])
             epoch, start = epoch + 1, 0
+
+    def _refresh(self) -> None:
+        """Take in the corrupt samples other ranks (or an earlier run of this one) found."""
+        known = self.corrupt.refresh() if self.corrupt is not None else set()
+        if known and self._index is None:
+            self._index = {r.key: i for i, r in enumerate(self.records)}
+        self._bad = {self._index[k] for k in known if k in self._index} if known else set()
+
+    def _exclude(self, bad: dict[int, str], i: int) -> None:
+        if self.corrupt is None:
+            raise self._corrupt_error(bad)
+        for j, error in bad.items():
+            self.corrupt.add(self.records[j].key, self.records[j].shard, error, self.epoch + 1, i + 1)
+        self._refresh()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """The rest of the current epoch (nothing once it is consumed: call set_epoch to move on)."""
-        batches = self.batches()
-        for i, x, y in self._features(batches, self.position):
+        for i, idx, x, y in self._features(self.position, len(self)):
             self.position = i + 1
-            yield {"features": x, "labels": y, "keys": [self.records[j].key for j in batches[i]]}
+            yield {"features": x, "labels": y, "keys": [self.records[j].key for j in idx]}
 
     def _post(self, i: int, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.augment(x, y, numpy_rng(self.seed, AUGMENT, self.epoch, i, self.rank))
@@ -222,18 +304,26 @@ class TrainStream(_Stream):
 
 
 class EvalStream(_Stream):
-    """Evaluation batches in manifest order: every sample exactly once across ranks, never padded."""
+    """Evaluation batches in manifest order: every sample exactly once across ranks, never padded.
+
+    A clip that fails to decode is left out of every later pass and reported in :attr:`missing`
+    (key → shard and error): evaluation never drops a clip silently.
+    """
 
     def __init__(self, records: Sequence[ShardRecord], vocab_size: int, loader: LoaderSettings, frontend: FrontEnd,
                  rank: int, world_size: int, device: torch.device) -> None:
         super().__init__(records, vocab_size, loader, frontend, rank, world_size, device)
         self._batches = [b.tolist() for b in eval_order(len(self.records), loader.batch_size, rank, world_size)]
+        self.missing: dict[str, str] = {}
 
     def __len__(self) -> int:
         return len(self._batches)
 
     def _key(self, i: int) -> Hashable:
         return i
+
+    def _batch(self, i: int) -> list[int]:
+        return self._batches[i]
 
     def _plan(self, start: int) -> Iterator[tuple[Hashable, list[int]]]:
         while True:  # every pass is the same
@@ -242,6 +332,13 @@ class EvalStream(_Stream):
                     yield i, self._batches[i]
             start = 0
 
+    def _exclude(self, bad: dict[int, str], i: int) -> None:
+        for j, error in bad.items():
+            self.missing[self.records[j].key] = f"{self.records[j].shard}: {error}"
+            warnings.warn(f"evaluation clip {self.records[j].key} in {self.records[j].shard} does not decode "
+                          f"({error}): left out, and reported with the results", stacklevel=2)
+        self._batches = [[j for j in b if j not in bad] for b in self._batches]
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        for i, x, y in self._features(self._batches, 0):
-            yield {"features": x, "labels": y, "keys": [self.records[j].key for j in self._batches[i]]}
+        for _, idx, x, y in self._features(0, len(self._batches)):
+            yield {"features": x, "labels": y, "keys": [self.records[j].key for j in idx]}
