@@ -30,6 +30,8 @@ def test_vocabulary_is_real_and_label_sets_are_real_projections(synthetic_dir):
     vocab = Vocabulary.load(synthetic_dir / "class_labels_indices.csv")
     full = audioset.vocabulary()
     assert len(vocab) == 6
+    with open(synthetic_dir / "classes.csv", newline="") as f:
+        assert [r["sound"] for r in csv.DictReader(f)] == list(ms.ClassSound.KINDS[:6])  # one kind each
     assert all(full.names[full.index[m]] == n for m, n in zip(vocab.mids, vocab.names))
     real = {tuple(m for m in vocab.mids if m in s) for s in audioset.label_sets("balanced_train")}
     entries = _entries(synthetic_dir, "unbalanced")
@@ -109,14 +111,15 @@ def test_classes_csv_reports_the_weak_label_precision_the_strong_labels_give(syn
 def test_event_patterns_and_class_sounds():
     rng = np.random.default_rng(0)
     for pattern in ms.PATTERNS:
-        sound = ms.ClassSound(3, "/m/x", 0, pattern)
+        sound = ms.ClassSound("chirp", "/m/x", 0, pattern)
         lengths = [sound.events(rng) for _ in range(200)]
         assert {len(n) for n in lengths} == set(range(1, len(pattern.counts) + 1))
         assert all(pattern.seconds[0] <= s <= pattern.seconds[1] for n in lengths for s in n)
-    sounds = [ms.ClassSound(rank, f"/m/c{rank}", 0, ms.PATTERNS[0]) for rank in range(10)]
-    assert len({s.kind for s in sounds}) == len(ms.ClassSound.KINDS)
+    for kind in ms.ClassSound.KINDS:  # every kind renders a finite event of the asked length, peak 1 (up to the ramps)
+        x = ms.ClassSound(kind, f"/m/{kind}", 0, ms.PATTERNS[0]).render(np.random.default_rng(0), 16000, 0.5)
+        assert len(x) == 8000 and np.isfinite(x).all() and 0.99 < np.abs(x).max() <= 1.0
     # Same class and seed, same sound; the parameters do not depend on anything else.
-    a, b = ms.ClassSound(3, "/m/x", 7, ms.PATTERNS[1]), ms.ClassSound(3, "/m/x", 7, ms.PATTERNS[1])
+    a, b = ms.ClassSound("formant", "/m/x", 7, ms.PATTERNS[1]), ms.ClassSound("formant", "/m/x", 7, ms.PATTERNS[1])
     np.testing.assert_array_equal(a.render(np.random.default_rng(1), 16000, 1.5),
                                   b.render(np.random.default_rng(1), 16000, 1.5))
 

@@ -81,7 +81,7 @@ def table(names: list[str], seeds: list[int]) -> tuple[str, dict]:
         lines.append(f"\nPseudo labels (the teacher on 2 s chunks of eval): chunk mAP {m:.3f}"
                      + (f" ± {h:.3f}" if len(seeds) > 1 else ""))
     lines.append(f"\nSeeds {', '.join(map(str, seeds))}" + (" (mean ± half the range)" if len(seeds) > 1 else "")
-                 + "; epochs: trained per seed (early stopping on valid mAP).")
+                 + "; epochs: trained per seed.")
     return "\n".join(lines), stats
 
 

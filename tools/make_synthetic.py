@@ -4,9 +4,9 @@
                                               --balanced-per-class 20 --seed 0]
 
 K classes that co-occur often are chosen from AudioSet's balanced set; each clip takes a real label set
-projected onto them, so imbalance and co-occurrence are real. Each class has its own sound (harmonic
-tone, band noise, click train, chirp or AM tone, parameters seeded by the class) and one of AudioSet's
-temporal patterns:
+projected onto them, so imbalance and co-occurrence are real. Each class has its own kind of sound (up to
+ten classes: harmonic tone, band noise, click train, chirp, AM tone, noise bursts, vibrato tone, buzz,
+vowel-like formants, crackle; parameters seeded by the class) and one of AudioSet's temporal patterns:
 
 - impulsive: 1-4 events of 0.1-1 s (a bark, a door knock, a gunshot),
 - intermittent: 1-3 events of 1-3 s (a siren passing, a phrase of speech),
@@ -92,11 +92,12 @@ def choose_classes(label_sets: list[list[str]], k: int) -> list[str]:
 class ClassSound:
     """A class's sound and temporal pattern; all parameters come from a class-seeded RNG."""
 
-    KINDS = ("harmonic", "band_noise", "clicks", "chirp", "am_tone")
+    KINDS = ("harmonic", "band_noise", "clicks", "chirp", "am_tone", "noise_bursts", "fm_tone", "buzz", "formant",
+             "crackle")
 
-    def __init__(self, rank: int, mid: str, seed: int, pattern: Pattern) -> None:
+    def __init__(self, kind: str, mid: str, seed: int, pattern: Pattern) -> None:
         rng = np.random.default_rng([seed, zlib.crc32(mid.encode())])
-        self.kind = self.KINDS[rank % len(self.KINDS)]
+        self.kind = kind
         self.pattern = pattern
         self.f0 = float(rng.uniform(120, 1500))
         self.f1 = float(self.f0 * rng.uniform(1.5, 4.0))
@@ -129,8 +130,23 @@ class ClassSound:
             x = np.convolve(x, burst)[:n]
         elif self.kind == "chirp":
             x = np.sin(2 * np.pi * (f0 * t + (f1 - f0) * t**2 / (2 * max(t[-1], 1e-3))))
-        else:
+        elif self.kind == "am_tone":
             x = np.sin(2 * np.pi * f0 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * self.rate * t))
+        elif self.kind == "noise_bursts":  # decaying broadband bursts, `rate` a second
+            x = rng.standard_normal(n) * np.exp(-(t % (1 / self.rate)) * self.rate * 8)
+        elif self.kind == "fm_tone":  # vibrato: the pitch swings ±10 % at `rate` Hz
+            x = np.sin(2 * np.pi * f0 * t - 0.1 * f0 / self.rate * np.cos(2 * np.pi * self.rate * t))
+        elif self.kind == "buzz":  # a sawtooth: every harmonic, falling as 1/k
+            x = 2 * ((f0 * t) % 1.0) - 1
+        elif self.kind == "formant":  # a vowel: harmonics of f0 shaped by two resonances
+            k = np.arange(1, int(8000 / f0))[:, None]
+            amp = np.exp(-((k * f0 - self.band[0]) / 250) ** 2) + np.exp(-((k * f0 - self.band[1]) / 350) ** 2)
+            x = (amp * np.sin(2 * np.pi * f0 * k * t)).sum(0)
+        else:  # crackle: sparse random pops
+            x = np.zeros(n)
+            pops = rng.integers(0, n, size=max(1, int(self.rate * 4 * seconds)))
+            x[pops] = rng.uniform(-1, 1, size=len(pops))
+            x = np.convolve(x, np.exp(-np.arange(int(0.002 * sr)) / (0.0005 * sr)))[:n]
         ramp = min(int(0.01 * sr), n // 2)
         env = np.ones(n)
         env[:ramp], env[n - ramp:] = np.linspace(0, 1, ramp), np.linspace(1, 0, ramp)
@@ -254,7 +270,9 @@ def make_synthetic(out: str | Path, clips: int = 1200, eval_clips: int = 300, cl
     vocab = Vocabulary(tuple(chosen), tuple(full_vocab.names[full_vocab.index[m]] for m in chosen))
     out.mkdir(parents=True, exist_ok=True)
     vocab.save(out / "class_labels_indices.csv")
-    sounds = {m: ClassSound(full_vocab.index[m], m, seed, PATTERNS[i % len(PATTERNS)]) for i, m in enumerate(chosen)}
+    # each class its own kind of sound (as far as there are kinds) and a temporal pattern, by its place in the list
+    sounds = {m: ClassSound(ClassSound.KINDS[i % len(ClassSound.KINDS)], m, seed, PATTERNS[i % len(PATTERNS)])
+              for i, m in enumerate(chosen)}
     splits: dict[str, tuple[list[dict], list[tuple]]] = {}
     n_valid = max(1, clips // 10) if valid_clips is None else valid_clips
     with multiprocessing.Pool(workers) if workers > 1 else _no_pool() as pool:
