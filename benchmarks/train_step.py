@@ -125,9 +125,10 @@ def config_stream(config: Path, clips: int, threads: int, batch: int | None,
         configure_cpu(processes_on_node=1)
     cfg = load_config(config, check_paths=False)
     records = load_records(str(dataset(clips) / "shards"))[0]
-    data_cfg = dataclasses.replace(cfg.data, num_threads=threads, batch_size=batch or cfg.data.batch_size)
+    batch = batch or cfg.data.batch_plan(1)[0]  # one process: the recipe's whole global batch
+    data_cfg = dataclasses.replace(cfg.data, num_threads=threads, batch_size=batch, global_batch_size=None)
     cfg = dataclasses.replace(cfg, data=data_cfg)
-    return cfg, TrainStream(records, CLASSES, data_cfg.loader(), build_frontend(cfg.features), cfg.augment, 0, 0, 1,
+    return cfg, TrainStream(records, CLASSES, data_cfg.loader(batch), build_frontend(cfg.features), cfg.augment, 0, 0, 1,
                             device, weighted=data_cfg.weighted, num_samples=data_cfg.num_samples)
 
 

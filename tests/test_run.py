@@ -117,3 +117,12 @@ def test_single_shard_spec_and_options_that_do_not_apply(built_shards, synthetic
     with pytest.raises(ConfigError, match=r"^features\.target_frames: does not apply to the mel64 front-end"):
         load_config(config, ["features.target_frames=1000"])
     assert load_config(config, ["features.frontend=kaldi_fbank", "features.target_frames=1000"]).features.target_frames
+
+
+def test_every_shipped_config_is_valid():
+    """Each runnable recipe loads and validates (a *_base.yaml is only inherited)."""
+    configs = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")
+                     if not p.stem.endswith("_base"))
+    assert len(configs) >= 15
+    for path in configs:
+        load_config(path, check_paths=False)

@@ -196,3 +196,24 @@ def test_patterns_holdout_and_vocabulary(tmp_path):
     make_dataset(tmp_path / "c", n=4, num_shards=1, seconds=0.3, num_classes=7)
     with pytest.raises(ValueError, match="vocabulary"):
         resolve_splits(DataConfig(train=[str(tmp_path / "a"), str(tmp_path / "c")]))
+
+
+def test_background_feed_gives_the_same_batches(ds):
+    """On a GPU a background thread feeds DALI and runs the tail ahead of the step; forced on here, it gives the
+    inline stream's batches bit for bit, resumes at the same place, and stops cleanly when the caller does."""
+    records = load_records(str(ds))[0]
+    inline, background = train_stream(records), train_stream(records)
+    background._background = True
+    for s in (inline, background):
+        s.set_epoch(1)
+    a, b = list(inline), list(background)
+    assert len(a) == len(b) == 8
+    for x, y in zip(a, b):
+        assert x["keys"] == y["keys"] and torch.equal(x["features"], y["features"]) and torch.equal(x["labels"], y["labels"])
+    background.set_epoch(2)
+    for i, batch in enumerate(background):  # stop early, as the loop does at steps_per_epoch
+        if i == 2:
+            break
+    assert background.state_dict() == {"epoch": 2, "position": 3}
+    inline.set_epoch(2)
+    assert [b["keys"] for b in background] == [b["keys"] for b in list(inline)[3:]]

@@ -193,7 +193,9 @@ def load_config(path: str | Path | None, overrides: list[str] = (), check_paths:
 
 def _validate(cfg: Config, check_paths: bool) -> None:
     positive = {
-        "data.batch_size": cfg.data.batch_size,
+        "data.batch_size": cfg.data.batch_size or 1,
+        "data.global_batch_size": cfg.data.global_batch_size or 1,
+        "data.max_batch_per_process": cfg.data.max_batch_per_process or 1,
         "evaluation.batch_size": cfg.evaluation.batch_size,
         "data.num_threads": cfg.data.num_threads,
         "optim.epochs": cfg.optim.epochs,
@@ -207,6 +209,11 @@ def _validate(cfg: Config, check_paths: bool) -> None:
     if not 1 <= cfg.train.wa_start <= (cfg.train.wa_end or cfg.optim.epochs) <= cfg.optim.epochs:
         raise ConfigError(f"train.wa_start/wa_end: need 1 <= wa_start <= wa_end <= optim.epochs, got "
                           f"{cfg.train.wa_start}, {cfg.train.wa_end}, {cfg.optim.epochs}")
+    if cfg.data.global_batch_size is not None and cfg.data.batch_size is not None:
+        raise ConfigError("data.batch_size: set the batch per process or data.global_batch_size, not both")
+    if cfg.data.global_batch_size is not None and cfg.optim.grad_accum != 1:
+        raise ConfigError("optim.grad_accum: with data.global_batch_size, accumulation follows from "
+                          "data.max_batch_per_process; leave optim.grad_accum at 1")
     if cfg.run.resume and cfg.run.overwrite:
         raise ConfigError("run.overwrite: cannot both resume a run and start it over; set one of run.resume, run.overwrite")
     if not 0.0 <= cfg.data.max_corrupt_fraction < 1.0:

@@ -68,7 +68,15 @@ class ChunkedTeacherStudent:
         self.chunks_per_clip = chunks_per_clip
         self.threshold = threshold
         self.oracle = oracle
-        self.teacher_seconds = 0.0  # wall time spent in the teacher, so the log can show its cost
+        self._seconds = 0.0  # CPU: wall time spent in the teacher
+        self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []  # CUDA: read when asked, not per step
+
+    def teacher_seconds(self) -> float:
+        """Time spent in the teacher since the last call, so the epoch log can show its cost (on a GPU read from
+        CUDA events here, once an epoch, rather than a device sync every step)."""
+        seconds = self._seconds + sum(start.elapsed_time(end) for start, end in self._events) / 1000
+        self._seconds, self._events = 0.0, []
+        return seconds
 
     def __call__(
         self,
@@ -93,6 +101,10 @@ class ChunkedTeacherStudent:
         return ChunkBatch(student_probs.float(), targets, labels[clip_index], clip_index)
 
     def _teach(self, chunks: torch.Tensor, autocast: Callable[[], ContextManager]) -> torch.Tensor:
+        cuda = chunks.is_cuda
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
         started = time.perf_counter()
         with torch.inference_mode(), autocast():
             probs, _ = self.teacher(chunks)
@@ -100,9 +112,11 @@ class ChunkedTeacherStudent:
         probs = probs.float().clone()
         if self.threshold is not None:
             probs = (probs >= self.threshold).float()
-        if probs.is_cuda:
-            torch.cuda.synchronize(probs.device)
-        self.teacher_seconds += time.perf_counter() - started
+        if cuda:
+            end.record()
+            self._events.append((start, end))
+        else:
+            self._seconds += time.perf_counter() - started
         return probs
 
     def _pick(self, clip_index: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:

@@ -28,13 +28,14 @@ from trainer.checkpointing import SaveFailed, copy_weights, find_checkpoint, loa
     save_checkpoint, save_weights, weights_path
 from trainer.config import Config, ConfigError, load_config
 from trainer.cpu_tuning import configure_cpu
+from trainer.devices import DeviceError, resolve_device
 from trainer.data.chunks import Chunking
 from trainer.data.corrupt import CORRUPT_SAMPLES, CorruptLog, TooManyCorrupt
 from trainer.data.datasets import resolve_splits
 from trainer.data.features import FrontEnd, build_frontend
 from trainer.data.manifest import VOCABULARY, Vocabulary
 from trainer.data.seeding import STEP, torch_seed
-from trainer.data.streams import EvalStream, TrainStream
+from trainer.data.streams import EvalStream, TrainStream, check_gpu_frontend
 from trainer.data.strong_labels import load_strong_labels
 from trainer.ensemble import mean_predictions
 from trainer.evaluate import Predictions, predict_chunks, predict_clips
@@ -59,10 +60,12 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load_config(args.config, args.overrides)
     run_dir = cfg.run_dir
     claim_run_dir(run_dir, cfg.run.resume, cfg.run.overwrite)  # before any work: never over another run's results
+    device = resolve_device(cfg.train.device)
     precision = cfg.train.precision
     if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() else "no"
+        precision = "bf16" if device == "cuda" else "no"
     accelerator = Accelerator(
+        cpu=device == "cpu",
         mixed_precision=precision,
         gradient_accumulation_steps=cfg.optim.grad_accum,
         step_scheduler_with_optimizer=False,  # the schedule counts optimizer steps, whatever the world size
@@ -70,12 +73,21 @@ def main(argv: list[str] | None = None) -> dict:
         project_dir=str(run_dir),
     )
     rank, world = accelerator.process_index, accelerator.num_processes
+    try:  # the recipe's global batch, whatever the number of processes
+        batch_size, accumulation = cfg.data.batch_plan(world)
+    except ValueError as e:
+        raise ConfigError(f"data.{e}") from None
+    if cfg.data.global_batch_size is not None:
+        accelerator.gradient_accumulation_steps = accumulation
     if cfg.run.overwrite and accelerator.is_main_process:
         shutil.rmtree(run_dir, ignore_errors=True)  # no stale file of the old run survives
     accelerator.wait_for_everyone()
     if accelerator.device.type == "cpu":
         configure_cpu(int(os.environ.get("LOCAL_WORLD_SIZE", world)), cfg.train.cpu_threads)
     log = accelerator.print
+    log(f"{world} process{'es' if world > 1 else ''} on {accelerator.device}: {batch_size} clips per process and "
+        f"step × {world} × {accelerator.gradient_accumulation_steps} accumulation = "
+        f"{batch_size * world * accelerator.gradient_accumulation_steps} clips per optimizer step")
     checkpoint = find_checkpoint(cfg.run.resume, run_dir)
     if checkpoint is not None:  # a resumed run repeats the interrupted one: it keeps that run's seed
         seed = read_progress(checkpoint)["seed"]
@@ -89,6 +101,9 @@ def main(argv: list[str] | None = None) -> dict:
     vocab = data.vocab
     cfg.features = data.feature_config(cfg.features)  # normalisation stats from dataset.json where unset
     frontend = build_frontend(cfg.features)
+    if accelerator.device.type == "cuda":
+        check_gpu_frontend(frontend, accelerator.device)  # DALI's GPU ops load, or one error says what is missing
+        torch.backends.cudnn.benchmark = True  # fixed input shapes
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.yaml")  # resolved: predict and PSL teachers rebuild the same features from it
@@ -98,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
     where = dict(rank=rank, world_size=world, device=accelerator.device)
     corrupt = CorruptLog(run_dir / CORRUPT_SAMPLES, len(data.train), cfg.data.max_corrupt_fraction) \
         if cfg.data.on_corrupt == "skip" else None
-    train = TrainStream(data.train, len(vocab), cfg.data.loader(), frontend, cfg.augment, cfg.run.seed, **where,
+    train = TrainStream(data.train, len(vocab), cfg.data.loader(batch_size), frontend, cfg.augment, cfg.run.seed, **where,
                         weighted=cfg.data.weighted, num_samples=cfg.data.num_samples, corrupt=corrupt)
     eval_loader = cfg.data.loader(cfg.evaluation.batch_size)
     splits = {"valid": EvalStream(data.valid, len(vocab), eval_loader, frontend, **where)}
@@ -107,6 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
     result_split = "eval" if "eval" in splits else "valid"
     strong = load_strong_labels(cfg.evaluation.strong_labels, vocab) if cfg.evaluation.strong_labels else None
     steps_per_epoch = min(len(train), cfg.train.steps_per_epoch or len(train))
+    optimizer_steps = math.ceil(steps_per_epoch / accelerator.gradient_accumulation_steps)
     log(f"data: {len(data.train)} train, {len(data.valid)} valid, {len(data.eval)} eval clips; "
         f"{len(vocab)} classes; {steps_per_epoch} steps/epoch on each of {world} processes")
 
@@ -114,6 +130,8 @@ def main(argv: list[str] | None = None) -> dict:
     model = build_model(cfg.model, len(vocab))
     if cfg.model.init:
         load_weights(model, weights_path(cfg.model.init))
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     chunker = None
     if cfg.psl.chunk_seconds is not None:
         teacher = build_teacher(cfg.psl.teacher, cfg.features, vocab, accelerator.device) if cfg.psl.teacher else None
@@ -122,8 +140,10 @@ def main(argv: list[str] | None = None) -> dict:
                                         cfg.psl.chunks_per_clip, cfg.psl.threshold if cfg.psl.targets == "hard" else None,
                                         oracle)
     optimizer = build_optimizer(model.parameters(), cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, math.ceil(steps_per_epoch / cfg.optim.grad_accum))
+    scheduler = build_scheduler(optimizer, cfg.optim, optimizer_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if cfg.train.compile:
+        model = torch.compile(model)
     log(f"model: {cfg.model.name}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters"
         + (f"; teacher from {cfg.psl.teacher}, alpha {cfg.psl.alpha}" if cfg.psl.teacher else ""))
 
@@ -199,11 +219,10 @@ def main(argv: list[str] | None = None) -> dict:
         epoch_row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
                      "lr": optimizer.param_groups[0]["lr"], "clips_per_s": clips / elapsed}
         if chunker is not None and chunker.teacher is not None:  # the teacher's cost, shown separately
-            epoch_row["clips_per_s_without_teacher"] = clips / max(elapsed - chunker.teacher_seconds, 1e-9)
-            chunker.teacher_seconds = 0.0
+            epoch_row["clips_per_s_without_teacher"] = clips / max(elapsed - chunker.teacher_seconds(), 1e-9)
 
         # Evaluate this epoch's weights on every split; keep predictions for selection and ensembles.
-        unwrapped = accelerator.unwrap_model(model)
+        unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
         for split, stream in splits.items():
             preds = predict_clips(unwrapped, stream, accelerator)
             m = preds.metrics(list(vocab.names))
@@ -225,8 +244,8 @@ def main(argv: list[str] | None = None) -> dict:
     preemption.restore()
 
     # ---- 5. Best single model, weight averaging, checkpoint ensemble ---------------------------
-    summary = finish(cfg, accelerator, accelerator.unwrap_model(model), splits, result_split, vocab, strong,
-                     chunker, frontend)
+    summary = finish(cfg, accelerator, accelerator.unwrap_model(model, keep_torch_compile=False), splits, result_split,
+                     vocab, strong, chunker, frontend)
     accelerator.end_training()
     return summary
 
@@ -344,5 +363,5 @@ if __name__ == "__main__":
     except Preempted as e:  # a checkpoint is saved: the run can go on with run.resume=true
         print(e, file=sys.stderr)
         sys.exit(e.code)
-    except (RunExists, NonFinite, SaveFailed, TooManyCorrupt) as e:
+    except (RunExists, NonFinite, SaveFailed, TooManyCorrupt, DeviceError) as e:
         sys.exit(f"error: {e}")

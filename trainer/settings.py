@@ -34,7 +34,10 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
+    device: Literal["auto", "cuda", "cpu"] = "auto"  # auto: cuda when torch sees a GPU (an unusable one is an error)
     precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    channels_last: bool = False  # the model in channels-last memory format (a GPU option: see benchmarks/train_step)
+    compile: bool = False  # torch.compile the model (a GPU option: see benchmarks/train_step)
     cpu_threads: Optional[int] = None  # torch threads per process on CPU; None: cores / local processes
     steps_per_epoch: Optional[int] = None  # cap, for demos and tests
     save_every_steps: int = 0  # 0: only at epoch ends

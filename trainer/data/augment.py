@@ -53,13 +53,22 @@ class Augmenter:
         return x, y
 
 
+def to_device(a: np.ndarray, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A host array on ``device``: on CUDA through pinned memory and a non-blocking copy, so the host does not
+    wait for the device before it can go on preparing the next batch."""
+    t = torch.as_tensor(a, dtype=dtype)
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def _dev(a: np.ndarray, like: torch.Tensor) -> torch.Tensor:
-    return torch.as_tensor(a, dtype=like.dtype).to(like.device)
+    return to_device(a, like.device, like.dtype)
 
 
 def mix(x: torch.Tensor, y: torch.Tensor, partner: np.ndarray, lam: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Clip i becomes λᵢ·clipᵢ + (1−λᵢ)·clip[partnerᵢ], features and labels alike (new tensors)."""
-    p = torch.as_tensor(partner, dtype=torch.long, device=x.device)
+    p = to_device(partner, x.device, torch.long)
     # lerp(a, b, w) = a + w·(b − a), exactly b at w = 1: one pass over the gathered partners
     x = x[p].lerp_(x, _dev(lam, x)[:, None, None])
     y = y[p].lerp_(y, _dev(lam, y)[:, None])
@@ -81,7 +90,7 @@ def mask_axis(x: torch.Tensor, rng: np.random.Generator, width: int, axis: int) 
 
 def roll_time(x: torch.Tensor, rng: np.random.Generator, max_shift: int) -> torch.Tensor:
     """Roll each clip along time by its own shift in [−max_shift, max_shift] frames."""
-    shift = torch.as_tensor(rng.integers(-max_shift, max_shift + 1, x.shape[0]), device=x.device)
+    shift = to_device(rng.integers(-max_shift, max_shift + 1, x.shape[0]), x.device)
     t = x.shape[-1]
     idx = (torch.arange(t, device=x.device)[None, :] - shift[:, None]) % t  # B × T
     return torch.gather(x, 2, idx[:, None, :].expand(-1, x.shape[1], -1))

@@ -24,7 +24,9 @@ class DataConfig:
     valid: list[str] = field(default_factory=list)  # empty: hold out valid_fraction of train
     valid_fraction: float = 0.1
     eval: list[str] = field(default_factory=list)
-    batch_size: int = 32  # training batch per process
+    global_batch_size: Optional[int] = None  # the recipe's batch over all processes (PSLA 100, PSL 32) ...
+    batch_size: Optional[int] = None  # ... or the batch per process (default 32)
+    max_batch_per_process: Optional[int] = None  # memory cap: a larger per-process batch accumulates gradients
     weighted: bool = True  # PSLA balanced sampling: draws ∝ weights.csv, with replacement
     num_samples: Optional[int] = None  # draws per epoch; default: training set size
     num_threads: int = 2  # DALI CPU threads per process
@@ -32,9 +34,25 @@ class DataConfig:
     on_corrupt: Literal["fail", "skip"] = "skip"  # a training sample that does not decode: stop, or skip and log it
     max_corrupt_fraction: float = 0.001  # stop when more of the training set than this has been skipped
 
-    def loader(self, batch_size: int | None = None) -> LoaderSettings:
-        """Loader settings for training batches, or for batches of ``batch_size`` (evaluation)."""
-        return LoaderSettings(batch_size or self.batch_size, self.num_threads, self.prefetch)
+    def batch_plan(self, world_size: int) -> tuple[int, int]:
+        """(clips per process and step, gradient accumulation steps) for ``world_size`` processes: the global
+        batch split evenly (a ValueError naming the process counts that divide it otherwise), then split
+        again into accumulation steps where ``max_batch_per_process`` asks."""
+        if self.global_batch_size is None:
+            per_process = self.batch_size or 32
+        elif self.global_batch_size % world_size:
+            fits = [n for n in range(1, self.global_batch_size + 1) if self.global_batch_size % n == 0]
+            raise ValueError(f"global_batch_size: {self.global_batch_size} clips do not split evenly over "
+                             f"{world_size} processes; run on {', '.join(map(str, fits[:12]))} processes, or change it")
+        else:
+            per_process = self.global_batch_size // world_size
+        cap = self.max_batch_per_process or per_process
+        steps = next(k for k in range(1, per_process + 1) if per_process % k == 0 and per_process // k <= cap)
+        return per_process // steps, steps
+
+    def loader(self, batch_size: int) -> LoaderSettings:
+        """Loader settings for batches of ``batch_size`` clips."""
+        return LoaderSettings(batch_size, self.num_threads, self.prefetch)
 
 
 @dataclass

@@ -17,16 +17,21 @@ repeats the uninterrupted one. Evaluation leaves a corrupt clip out and reports 
 from __future__ import annotations
 
 import io
+import queue
+import tempfile
+import threading
 import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Hashable, Iterator, Sequence
 
 import numpy as np
 import soundfile as sf
 import torch
 
-from trainer.data.augment import Augmenter
+from trainer.data.audio import SAMPLE_RATE, encode_flac
+from trainer.data.augment import Augmenter, to_device
 from trainer.data.corrupt import CorruptLog
 from trainer.data.features import FrontEnd
 from trainer.data.manifest import ShardBytes, ShardRecord
@@ -60,6 +65,7 @@ class _Stream:
         # fought over the cores). On the GPU the tail is a few kernels, run inline.
         self._workers = 0 if self._gpu else torch.get_num_threads()
         self._pool: ThreadPoolExecutor | None = None
+        self._background = self._gpu
 
     def _submit(self, fn: Any, *args: Any) -> Future:
         """``fn(*args)`` on a tail worker (CPU) or right here (GPU), as a future."""
@@ -76,12 +82,17 @@ class _Stream:
         y = np.zeros((len(idx), self.vocab_size), dtype=np.float32)
         for row, i in enumerate(idx):
             y[row, list(self.records[i].labels)] = 1.0
-        return torch.from_numpy(y).to(self.device)
+        return to_device(y, self.device)
 
     def _features(self, start: int, stop: int) -> Iterator[tuple[int, list[int], torch.Tensor, torch.Tensor]]:
         """(batch number, record indices, B × mel × frames features, B × classes labels) on the device for batches
-        ``start`` to ``stop`` of the current pass, after :meth:`_post`; on CPU up to ``workers`` batches beyond
-        the one handed out are in the works."""
+        ``start`` to ``stop`` of the current pass, after :meth:`_post`. On CPU up to ``workers`` batches beyond
+        the one handed out are in the works; on the GPU a background thread feeds DALI and runs the tail,
+        up to ``loader.prefetch`` batches ahead, while the caller's step runs."""
+        batches = self._batches_in_order(start, stop)
+        return _ahead(batches, self.loader.prefetch) if self._background else batches
+
+    def _batches_in_order(self, start: int, stop: int) -> Iterator[tuple[int, list[int], torch.Tensor, torch.Tensor]]:
         ahead: deque[tuple[int, list[int], Future]] = deque()
         for i in range(start, stop):
             # one thread drives the pipeline, in order; the workers only see torch tensors
@@ -342,3 +353,62 @@ class EvalStream(_Stream):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for _, idx, x, y in self._features(0, len(self._batches)):
             yield {"features": x, "labels": y, "keys": [self.records[j].key for j in idx]}
+
+
+_DONE = object()
+
+
+def _ahead(items: Iterator[Any], depth: int) -> Iterator[Any]:
+    """``items`` produced by a background thread, at most ``depth`` ahead of the caller, in order; the
+    producer's exception is raised here. When the caller stops early the producer is stopped and joined
+    before anything else touches the stream."""
+    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(_DONE)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread, which raises it
+            q.put(e)
+
+    thread = threading.Thread(target=produce, name="stream-feed", daemon=True)
+    thread.start()
+    try:
+        while (item := q.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                q.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        thread.join()
+
+
+def check_gpu_frontend(frontend: FrontEnd, device: torch.device) -> None:
+    """Run ``frontend``'s GPU graph once on a second of silence, so that DALI's GPU ops (its spectrogram loads
+    cuFFT) are known to load before a run starts; a failure is one error saying what is missing, not a
+    batch of samples blamed."""
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
+        path = Path(tmp) / "silence.flac"
+        path.write_bytes(encode_flac(np.zeros(SAMPLE_RATE, dtype=np.int16)))
+        rec = ShardRecord("silence", str(path), 0, path.stat().st_size, (), 1.0)
+        try:
+            next(iter(EvalStream([rec], 1, LoaderSettings(1, num_threads=1, prefetch=1), frontend, 0, 1, device)))
+        except Exception as e:
+            hint = ("DALI built for CUDA 12 (nvidia-dali-cuda120) loads libcufft.so.11 from the nvidia-cufft-cu12 wheel "
+                    "or a CUDA 12 toolkit: pip install nvidia-cufft-cu12") if "cufft" in str(e).lower() else \
+                "check that the nvidia-dali package's CUDA major suits the driver (nvidia-smi)"
+            raise RuntimeError(f"DALI's GPU front-end ({frontend.name}) cannot run on {device}: {e}\n{hint}") from e

@@ -1,0 +1,114 @@
+"""GPU checks, skipped without CUDA (`pytest -m gpu`; bash benchmarks/gpu_check.sh runs them with the
+benchmarks on a GPU machine and writes one report): DALI's GPU ops load, batches on the device for both
+front-ends, GPU vs CPU feature parity, training steps of the demo and PSLA recipes, resume, and no device
+sync in a steady-state step."""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from runkit import REPO, tiny_config
+from tests.shardkit import make_dataset
+from trainer.data.datasets import load_records
+from trainer.data.features import build_frontend
+from trainer.data.settings import AugmentConfig, FeatureConfig, LoaderSettings
+from trainer.data.streams import EvalStream, TrainStream, check_gpu_frontend
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+CUDA, CPU = torch.device("cuda"), torch.device("cpu")
+FRONTENDS = ("kaldi_fbank", "mel64")
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gpu") / "ds"
+    make_dataset(root, n=12, num_shards=2, seconds=2.0)
+    return load_records(str(root))[0]
+
+
+def _frontend(name):
+    return build_frontend(FeatureConfig(frontend=name, clip_seconds=2.0))
+
+
+@pytest.mark.parametrize("name", FRONTENDS)
+def test_dali_gpu_frontend_loads_and_trains_batches_on_cuda(clips, name):
+    check_gpu_frontend(_frontend(name), CUDA)
+    stream = TrainStream(clips, 5, LoaderSettings(4, num_threads=2), _frontend(name),
+                         AugmentConfig(freqm=8, timem=20, mixup=0.5), 0, 0, 1, CUDA)
+    batch = next(iter(stream))
+    assert batch["features"].device.type == "cuda" and batch["labels"].device.type == "cuda"
+    assert batch["features"].shape[:2] == (4, _frontend(name).num_mels) and torch.isfinite(batch["features"]).all()
+
+
+@pytest.mark.parametrize("name", FRONTENDS)
+def test_gpu_features_match_cpu_features(clips, name):
+    """kaldi_fbank: DALI's spectrogram on the GPU, the same torch mel as on the CPU; mel64: DALI's mel filter
+    bank and dB on the GPU against torch's on the CPU. The sizes are printed for the report."""
+    feats = {}
+    for device in (CPU, CUDA):
+        feats[device.type] = {k: f for b in EvalStream(clips, 5, LoaderSettings(4), _frontend(name), 0, 1, device)
+                              for k, f in zip(b["keys"], b["features"].cpu())}
+    d = torch.stack([(feats["cuda"][k] - feats["cpu"][k]).abs() for k in feats["cpu"]])
+    print(f"{name} GPU vs CPU: mean {d.mean():.2e} max {d.max():.2e}")
+    limits = {"kaldi_fbank": (1e-3, 0.05), "mel64": (0.1, 3.0)}[name]  # normalised units / dB
+    assert d.mean() < limits[0] and d.max() < limits[1]
+
+
+def _run(config, *overrides):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("ACCELERATE_USE_CPU", None)
+    proc = subprocess.run([sys.executable, "trainer/run.py", str(config), "train.device=cuda", *overrides], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def _losses(run):
+    with open(run / "steps.csv") as f:
+        return [float(r["loss"]) for r in csv.DictReader(f)]
+
+
+@pytest.mark.parametrize("recipe", ["demo.yaml", "full_as.yaml"])
+def test_twenty_steps_of_each_recipe_on_cuda(built_shards, synthetic_dir, tmp_path, recipe):
+    data = [f"data.train=[{built_shards['train']}]", f"data.eval=[{built_shards['eval']}]", "data.valid=[]",
+            "data.valid_fraction=0.2", "data.global_batch_size=8", "evaluation.batch_size=8",
+            "evaluation.strong_labels=null"]
+    _run(REPO / "configs" / recipe, f"run.dir={tmp_path}", "run.name=r", *data, "train.steps_per_epoch=20",
+         "optim.epochs=1", "train.wa_start=1", "train.wa_end=1", "train.trackers=[]", "data.num_samples=200")
+    losses = _losses(tmp_path / "r")
+    assert len(losses) == 20 and all(math.isfinite(x) for x in losses)
+
+
+def test_resume_on_cuda_repeats_the_losses(built_shards, synthetic_dir, tmp_path):
+    """cudnn.benchmark may pick other kernels in the resumed process: losses agree to float rounding."""
+    config = tiny_config(tmp_path / "c.yaml", built_shards, synthetic_dir, tmp_path / "runs",
+                         train={"steps_per_epoch": 3, "wa_start": 1, "trackers": [], "save_every_steps": 2})
+    _run(config, "run.name=full")
+    _run(config, "run.name=cut", "train.stop_after_steps=5")
+    _run(config, "run.name=cut", "run.resume=true")
+    assert _losses(tmp_path / "runs" / "cut") == pytest.approx(_losses(tmp_path / "runs" / "full"), rel=1e-3)
+
+
+def test_no_device_sync_in_steady_state_steps(built_shards, synthetic_dir, tmp_path):
+    """9 more steps between the same log steps cost the one extra flush's sync, not one a step."""
+    config = tiny_config(tmp_path / "c.yaml", built_shards, synthetic_dir, tmp_path / "runs",
+                         train={"wa_start": 1, "trackers": [], "log_every": 9, "device": "cuda"},
+                         optim={"epochs": 1, "lr": 1e-3, "warmup_steps": 2})
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("ACCELERATE_USE_CPU", None)
+    syncs = []
+    for steps in (9, 18):
+        proc = subprocess.run([sys.executable, "tests/scripts/count_host_reads.py", str(config), f"run.name=s{steps}",
+                               f"train.steps_per_epoch={steps}", "data.num_samples=200"], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=1200)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        syncs.append(int(re.search(r"cuda syncs: (\d+)", proc.stdout).group(1)))
+    print(f"CUDA syncs: {syncs[0]} with 9 steps, {syncs[1]} with 18 (one flush each 9)")
+    assert syncs[1] - syncs[0] <= 1, syncs
