@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tests.runkit import REPO, launch, tiny_config
-from tools import audioset, verify_shards
+from tools import audioset, shard_stats, verify_shards
 from tools.build_shards import psla_weights
 from tools.enhance_labels import (MODEL, ONTOLOGY, EnhanceOptions, class_thresholds, enhance, main, model_additions,
                                   predict_scores, related_classes)
@@ -213,7 +213,7 @@ def test_output_directory(built_shards, run_dir, tmp_path, related_only):
     assert len(problems) == 1 and rows[-1].key in problems[0] and "differ from the manifest's" in problems[0]
 
 
-def test_moving_both_directories_together_keeps_the_links(built_shards, tmp_path):
+def test_moving_both_directories_together_keeps_the_links_and_stats_read_them(built_shards, tmp_path):
     shutil.copytree(built_shards["train"], tmp_path / "a" / "train")
     assert main([str(tmp_path / "a" / "train"), "--out", str(tmp_path / "a" / "nested" / "train_onto"),
                  "--ontology"]) == 0
@@ -223,6 +223,9 @@ def test_moving_both_directories_together_keeps_the_links(built_shards, tmp_path
     assert os.readlink(out / name) == f"../../train/{name}"
     assert verify_shards.verify(out) == ([], 40)
     assert len(load_records(str(out))[0]) == 40
+    stats = shard_stats.shard_stats(out, max_samples=8)  # reads the audio through the links
+    info = json.loads((out / DATASET_INFO).read_text())
+    assert stats["class_counts"] == info["class_counts"] and info["feature_stats"]["kaldi_fbank"]["num_clips"] == 8
     shutil.move(tmp_path / "b" / "train", tmp_path / "elsewhere")  # the input alone moves: the links break
     with pytest.raises(FileNotFoundError, match=rf"missing shard .*{name} \(a link to .*does not resolve"):
         load_records(str(out))

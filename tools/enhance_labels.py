@@ -9,7 +9,7 @@ Steps, one or both:
   added. Ancestors outside the dataset's vocabulary (the ontology's abstract classes, or classes a smaller
   vocabulary leaves out) cannot be, and are counted per class in dataset.json.
 - ``--model RUN --percentile P``: the run predicts every clip through the evaluation path (its own front-end,
-  normalisation and evaluation batch size). For each class the threshold is the P-th percentile (linear
+  normalisation and evaluation batch size; one process, on the GPU when there is one). For each class the threshold is the P-th percentile (linear
   interpolation, numpy's default, as PSLA computes it) of the run's scores on the clips labelled with the class,
   or their mean with ``--percentile mean``; the class is added to every clip scoring at or above it.
   ``--related-only`` keeps only classes that are ancestors or descendants of one of the clip's labels.
