@@ -1,9 +1,12 @@
 """The AudioSet metadata shipped in tools/audioset: the builder's default vocabulary is AudioSet's 527 classes,
-make_synthetic draws the same classes and label sets as when they were read from Google's CSVs, and a
-non-editable install carries the files (package data, read through importlib.resources)."""
+make_synthetic draws the same classes and label sets as when they were read from Google's CSVs, the ontology's
+ancestors are those of its child_ids, and a non-editable install carries the files (package data, read through
+importlib.resources)."""
 from __future__ import annotations
 
+import gzip
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -40,6 +43,32 @@ def test_label_sets_and_chosen_classes_are_as_read_from_the_csvs():
                                            "/t/dd00129", "/m/07yv9", "/m/0k4j", "/m/02mk9"]
 
 
+def test_ontology_is_googles_and_its_ancestors_follow_child_ids():
+    raw = (REPO / "tools" / "audioset" / audioset.ONTOLOGY_FILE).read_bytes()
+    # sha256 of ontology.json as Google publishes it (the shipped file is its gzip)
+    assert hashlib.sha256(gzip.decompress(raw)).hexdigest()[:16] == "4046f49615198bb7"
+    entries = json.loads(gzip.decompress(raw))
+    onto = audioset.ontology()
+    assert len(onto) == len(entries) == 632
+    assert all(m in onto for m in audioset.vocabulary().mids)
+    # ancestors by another route: grow every class's set of ancestors to a fixed point
+    above = {e["id"]: set() for e in entries}
+    changed = True
+    while changed:
+        changed = False
+        for e in entries:
+            for child in e["child_ids"]:
+                new = {e["id"]} | above[e["id"]]
+                if not new <= above[child]:
+                    above[child] |= new
+                    changed = True
+    for mid, ancestors in above.items():
+        assert onto.ancestors(mid) == ancestors, mid
+        assert all(mid in onto.descendants(a) for a in ancestors)
+    assert {onto.name(m) for m in onto.ancestors("/m/0bt9lr")} == {"Animal", "Domestic animals, pets"}  # Dog
+    assert {onto.name(m) for m in onto.ancestors("/m/06by7")} == {"Music genre", "Music"}  # Rock music; the genre is abstract
+
+
 def test_non_editable_install_ships_the_metadata(tmp_path):
     """Build and install the project (no dependencies: the test venv has them) into a target directory,
     then run the CLIs from another directory with only that install on the path. The build runs on a copy
@@ -53,6 +82,7 @@ def test_non_editable_install_ships_the_metadata(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
                     "--target", str(target), str(src)], check=True, timeout=300, capture_output=True)
     assert (target / "tools" / "audioset" / "class_labels_indices.csv").is_file()
+    assert (target / "tools" / "audioset" / audioset.ONTOLOGY_FILE).is_file()
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = dict(os.environ, PYTHONPATH=str(target))

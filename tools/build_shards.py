@@ -17,7 +17,7 @@ import os
 import random
 import re
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -80,13 +80,31 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
-def psla_weights(label_sets: Sequence[Sequence[int]], num_classes: int, offset: float = 0.01) -> list[float]:
-    """PSLA balanced-sampling weights: per clip, the sum over its labels of 1000 / (count(label) + offset)."""
+def class_counts(label_sets: Iterable[Sequence[int]], num_classes: int) -> list[int]:
+    """How many clips carry each class."""
     counts = [0] * num_classes
     for labels in label_sets:
         for c in labels:
             counts[c] += 1
+    return counts
+
+
+def psla_weights(label_sets: Sequence[Sequence[int]], num_classes: int, offset: float = 0.01) -> list[float]:
+    """PSLA balanced-sampling weights: per clip, the sum over its labels of 1000 / (count(label) + offset)."""
+    counts = class_counts(label_sets, num_classes)
     return [sum(1000.0 / (counts[c] + offset) for c in labels) for labels in label_sets]
+
+
+def write_labels(out: Path, vocab: Vocabulary, records: Sequence[ShardRecord], weight_offset: float
+                 ) -> list[ShardRecord]:
+    """What every dataset directory says about its labels: the manifest with PSLA weights computed from the
+    records' labels, weights.csv and the vocabulary. Returns the records with those weights."""
+    weights = psla_weights([r.labels for r in records], len(vocab), weight_offset)
+    records = [replace(r, weight=w) for r, w in zip(records, weights)]
+    write_manifest(out / MANIFEST, records)
+    write_weights(out / WEIGHTS, weights)
+    vocab.save(out / VOCABULARY)
+    return records
 
 
 def load_vocabulary(path: Path | None) -> Vocabulary:
@@ -250,17 +268,8 @@ def _options_json(opts: BuildOptions) -> dict:
 def _finalize(opts: BuildOptions, vocab: Vocabulary, records: list[ShardRecord], rejects: list[dict]) -> None:
     """Write manifest, weights, vocabulary copy, rejects and dataset.json for the whole dataset."""
     out = opts.out
-    weights = psla_weights([r.labels for r in records], len(vocab), opts.weight_offset)
-    records = [ShardRecord(r.key, r.shard, r.offset, r.size, r.labels, r.duration, w)
-               for r, w in zip(records, weights)]
-    write_manifest(out / MANIFEST, records)
-    write_weights(out / WEIGHTS, weights)
-    vocab.save(out / VOCABULARY)
+    records = write_labels(out, vocab, records, opts.weight_offset)
     _write_text(out / REJECTS, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects))
-    class_counts = [0] * len(vocab)
-    for r in records:
-        for c in r.labels:
-            class_counts[c] += 1
     info = {
         "name": out.name,
         "builder_version": BUILDER_VERSION,
@@ -270,7 +279,7 @@ def _finalize(opts: BuildOptions, vocab: Vocabulary, records: list[ShardRecord],
         "rejects": dict(sorted(collections.Counter(r["reason"] for r in rejects).items())),
         "num_shards": len({r.shard for r in records}),
         "num_classes": len(vocab),
-        "class_counts": class_counts,
+        "class_counts": class_counts((r.labels for r in records), len(vocab)),
         "total_hours": sum(r.duration for r in records) / 3600.0,
         "sample_rate": SAMPLE_RATE,
         "audio": "flac pcm16 mono",

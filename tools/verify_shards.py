@@ -3,6 +3,8 @@
     python -m tools.verify_shards shards/NAME
 
 Exits non-zero after listing every problem, each naming the file and, where there is one, the key.
+A dataset made by tools.enhance_labels (shards linked from another dataset) passes when each manifest
+record's labels are its sample's ``.json`` labels plus its rows of ``enhancement.csv``.
 """
 from __future__ import annotations
 
@@ -17,11 +19,13 @@ from tqdm import tqdm
 
 from tools.audio_io import SAMPLE_RATE, decode_flac, flac_md5_matches
 from tools.shard_writer import TAR_BLOCK, Member, read_index, scan_tar, split_name
-from trainer.data.manifest import DATASET_INFO, ShardRecord, read_manifest
+from trainer.data.datasets import broken_link
+from trainer.data.manifest import DATASET_INFO, ENHANCEMENT, ShardRecord, read_added_labels, read_manifest
 
 
-def _check_tar(tar: Path, records: list[ShardRecord]) -> tuple[list[str], int]:
-    """Problems found in one shard, and the number of samples it holds."""
+def _check_tar(tar: Path, records: list[ShardRecord], added: dict[str, list[int]]) -> tuple[list[str], int]:
+    """Problems found in one shard, and the number of samples it holds (``added``: key -> labels the manifest
+    has beyond the sample's .json, from enhancement.csv)."""
     problems: list[str] = []
     say = problems.append
     members, error = scan_tar(tar)
@@ -76,15 +80,19 @@ def _check_tar(tar: Path, records: list[ShardRecord]) -> tuple[list[str], int]:
             if (rec.offset, rec.size) != (parts["flac"].offset, parts["flac"].size):
                 say(f"{tar.name}: {key}: manifest says flac at {rec.offset}+{rec.size}, "
                     f"tar has {parts['flac'].offset}+{parts['flac'].size}")
-            if meta and (meta.get("key") != key or tuple(meta.get("labels", ())) != rec.labels):
-                say(f"{tar.name}: {key}: {key}.json key/labels differ from the manifest")
+            if meta and meta.get("key") != key:
+                say(f"{tar.name}: {key}: {key}.json names key {meta.get('key')!r}")
+            elif meta and sorted(list(meta.get("labels", ())) + added.get(key, [])) != sorted(rec.labels):
+                plus = f" plus {ENHANCEMENT}'s {sorted(added[key])}" if key in added else ""
+                say(f"{tar.name}: {key}: {key}.json labels {meta.get('labels')}{plus} differ from the manifest's "
+                    f"{list(rec.labels)}")
             if abs(len(pcm) / SAMPLE_RATE - rec.duration) > 1e-6:
                 say(f"{tar.name}: {key}: decodes to {len(pcm) / SAMPLE_RATE} s, manifest says {rec.duration} s")
     for key in sorted(by_key.keys() - samples.keys()):
         say(f"{tar.name}: {key}: in the manifest but not in the tar")
     idx = tar.with_suffix(".idx")
     if not idx.is_file():
-        say(f"{idx.name}: missing")
+        say(f"{idx.name}: missing{broken_link(idx)}")
     else:
         try:
             indexed = read_index(idx)
@@ -116,12 +124,24 @@ def verify(dataset_dir: str | Path, progress: bool = False) -> tuple[list[str], 
             problems.append(f"manifest.jsonl: {key}: appears {n} times")
     for r in records:
         by_shard[r.shard].append(r)
+    added: dict[str, list[int]] = collections.defaultdict(list)
+    if (d / ENHANCEMENT).is_file():
+        try:
+            for row in read_added_labels(d / ENHANCEMENT):
+                added[row.key].append(row.index)
+        except ValueError as e:
+            problems.append(str(e))
+        for key in sorted(added.keys() - {r.key for r in records}):
+            problems.append(f"{ENHANCEMENT}: {key}: not in the manifest")
     tars = sorted(d.glob("*.tar"))
     for shard in sorted(by_shard.keys() - {t.name for t in tars}):
         problems.append(f"{shard}: named in the manifest but missing")
     total = 0
     for tar in tqdm(tars, unit="shard", disable=not progress):
-        found, n = _check_tar(tar, by_shard.get(tar.name, []))
+        if not tar.is_file():
+            problems.append(f"{tar.name}: missing{broken_link(tar)}")
+            continue
+        found, n = _check_tar(tar, by_shard.get(tar.name, []), added)
         problems += found
         total += n
     info = d / DATASET_INFO

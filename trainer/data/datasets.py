@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -37,9 +38,19 @@ class Splits:
 
 
 def index_path(shard: Path) -> Path:
-    """The DALI index beside a shard: ``x.tar.idx``, or ``x.idx`` if that is what exists."""
+    """The DALI index beside a shard: ``x.tar.idx``, or ``x.idx`` if that is what exists (a broken link
+    counts as existing, so that the error about it names the link)."""
     alt = shard.with_suffix(".idx")
-    return alt if alt.is_file() and not Path(f"{shard}.idx").is_file() else Path(f"{shard}.idx")
+    return alt if os.path.lexists(alt) and not Path(f"{shard}.idx").is_file() else Path(f"{shard}.idx")
+
+
+def broken_link(path: Path) -> str:
+    """For the message about a missing ``path``: where it links to when it is a broken symbolic link (a dataset
+    made by tools.enhance_labels holds relative links to another dataset's shards, which break when only one
+    of the two directories moves), else nothing."""
+    if path.is_symlink():
+        return f" (a link to {os.readlink(path)}, which does not resolve: was the linked dataset moved?)"
+    return ""
 
 
 def _split_spec(spec: str) -> tuple[Path, set[str] | None]:
@@ -83,9 +94,10 @@ def load_records(spec: str) -> tuple[list[ShardRecord], Vocabulary, dict]:
     for name in shards:
         path = root / name
         if not path.is_file():
-            raise FileNotFoundError(f"missing shard {path}")
-        if not index_path(path).is_file():
-            raise FileNotFoundError(f"missing index {path}.idx for shard {path}")
+            raise FileNotFoundError(f"missing shard {path}{broken_link(path)}")
+        idx = index_path(path)
+        if not idx.is_file():
+            raise FileNotFoundError(f"missing index {idx}{broken_link(idx)} for shard {path}")
     records = [dataclasses.replace(r, shard=str(root / r.shard)) for r in records]
     info_path = root / DATASET_INFO
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}

@@ -2,7 +2,8 @@
 
 A built dataset is a directory ``shards/NAME/`` holding tar shards with DALI ``.idx`` files beside
 them, ``manifest.jsonl`` (one :class:`ShardRecord` per sample), ``weights.csv``,
-``class_labels_indices.csv``, ``dataset.json`` and ``rejects.jsonl``.
+``class_labels_indices.csv``, ``dataset.json`` and ``rejects.jsonl``. A dataset made by ``tools.enhance_labels``
+links to another's shards and adds ``enhancement.csv``: the labels its manifest has beyond those in the shards.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ WEIGHTS = "weights.csv"
 VOCABULARY = "class_labels_indices.csv"
 DATASET_INFO = "dataset.json"
 REJECTS = "rejects.jsonl"
+ENHANCEMENT = "enhancement.csv"
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,47 @@ def write_weights(path: Path, weights: Iterable[float]) -> None:
 def read_weights(path: Path) -> list[float]:
     with open(path) as f:
         return [float(line) for line in f if line.strip()]
+
+
+@dataclass(frozen=True)
+class AddedLabel:
+    """One row of ``enhancement.csv``: a label the manifest gives ``key`` that its shard's ``.json`` lacks."""
+
+    key: str
+    index: int  # class index into the dataset's vocabulary
+    mid: str
+    display_name: str
+    reason: str  # "ontology" (an ancestor of a label) or "model" (a trained run's score at or above the threshold)
+    score: float | None = None  # model rows: the run's clip probability for the class
+    threshold: float | None = None  # model rows: the class's threshold
+
+    @classmethod
+    def fields(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+
+def write_added_labels(path: Path, rows: Iterable[AddedLabel]) -> None:
+    with atomic_write(path, newline="") as f:
+        w = csv.writer(f)
+        w.writerow(AddedLabel.fields())
+        for r in rows:
+            w.writerow(["" if v is None else v for v in dataclasses.astuple(r)])
+
+
+def read_added_labels(path: Path) -> list[AddedLabel]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames != AddedLabel.fields():
+            raise ValueError(f"{path}: expected columns {','.join(AddedLabel.fields())}")
+        rows = []
+        for lineno, d in enumerate(reader, 2):
+            try:
+                rows.append(AddedLabel(d["key"], int(d["index"]), d["mid"], d["display_name"], d["reason"],
+                                       float(d["score"]) if d["score"] else None,
+                                       float(d["threshold"]) if d["threshold"] else None))
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{path}:{lineno}: {e}") from None
+    return rows
 
 
 @dataclass(frozen=True)
