@@ -2,7 +2,9 @@
 one or two Accelerate CPU processes over gloo (tools.launch's recipe)."""
 from __future__ import annotations
 
+import re
 import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -39,3 +41,13 @@ def launch(script: str, *args: str, processes: int = 1, check: bool = True) -> s
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc
+
+
+def count_reads(config: Path, steps: int, env: dict[str, str]) -> dict[str, int]:
+    """One epoch of ``steps`` steps under tests/scripts/count_host_reads.py: the trainer's host reads
+    (Tensor.item/tolist) and, on a GPU, every synchronizing CUDA call."""
+    proc = subprocess.run([sys.executable, "tests/scripts/count_host_reads.py", str(config), f"run.name=s{steps}",
+                           f"train.steps_per_epoch={steps}", "data.num_samples=200"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {name: int(n) for name, n in re.findall(r"(host reads|cuda syncs): (\d+)", proc.stdout)}

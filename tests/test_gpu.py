@@ -7,14 +7,13 @@ from __future__ import annotations
 import csv
 import math
 import os
-import re
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from runkit import REPO, tiny_config
+from runkit import REPO, count_reads, tiny_config
 from tests.shardkit import make_dataset
 from trainer.data.datasets import load_records
 from trainer.data.features import build_frontend
@@ -103,12 +102,6 @@ def test_no_device_sync_in_steady_state_steps(built_shards, synthetic_dir, tmp_p
                          optim={"epochs": 1, "lr": 1e-3, "warmup_steps": 2})
     env = dict(os.environ, PYTHONPATH=str(REPO))
     env.pop("ACCELERATE_USE_CPU", None)
-    syncs = []
-    for steps in (9, 18):
-        proc = subprocess.run([sys.executable, "tests/scripts/count_host_reads.py", str(config), f"run.name=s{steps}",
-                               f"train.steps_per_epoch={steps}", "data.num_samples=200"], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=1200)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        syncs.append(int(re.search(r"cuda syncs: (\d+)", proc.stdout).group(1)))
+    syncs = [count_reads(config, steps, env)["cuda syncs"] for steps in (9, 18)]
     print(f"CUDA syncs: {syncs[0]} with 9 steps, {syncs[1]} with 18 (one flush each 9)")
     assert syncs[1] - syncs[0] <= 1, syncs

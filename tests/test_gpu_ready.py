@@ -3,13 +3,10 @@ processes, and a training step that never reads the device from the host outside
 from __future__ import annotations
 
 import os
-import re
-import subprocess
-import sys
 
 import pytest
 
-from runkit import REPO, launch, tiny_config
+from runkit import REPO, count_reads, launch, tiny_config
 from trainer.data.settings import DataConfig
 
 
@@ -47,11 +44,5 @@ def test_the_step_reads_nothing_back_outside_log_steps(built_shards, synthetic_d
              "psl": {"teacher": str(runs / "teacher"), "chunk_seconds": 1.0}}
     config = tiny_config(tmp_path / "c.yaml", built_shards, synthetic_dir, runs, **extra)
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    reads = []
-    for steps in (9, 18):
-        proc = subprocess.run([sys.executable, "tests/scripts/count_host_reads.py", str(config), f"run.name=s{steps}",
-                               f"train.steps_per_epoch={steps}", "data.num_samples=200"], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        reads.append(int(re.search(r"host reads: (\d+)", proc.stdout).group(1)))
+    reads = [count_reads(config, steps, env)["host reads"] for steps in (9, 18)]
     assert reads[1] - reads[0] == 1, reads
