@@ -20,7 +20,7 @@ from trainer.data.features import build_frontend
 from trainer.data.manifest import (MANIFEST, MANIFEST_CACHE, RecordTable, ShardRecord, load_cache, read_manifest,
                                    source_stats)
 from trainer.data.sampling import train_order
-from trainer.data.settings import AugmentConfig, DataConfig, FeatureConfig, LoaderSettings
+from trainer.data.settings import AugmentConfig, DataConfig, FeatureConfig, LoaderSettings, dali_threads
 from trainer.data.streams import TrainStream
 
 FEAT = build_frontend(FeatureConfig(frontend="mel64", clip_seconds=0.5))
@@ -174,3 +174,13 @@ def test_columnar_batches_equal_the_record_list_path(ds, rank, world):
                 labels[row, list(records[i].labels)] = 1.0
             assert torch.equal(b["labels"], labels)
             assert stream.records.weight[idx].tolist() == [records[i].weight for i in idx]
+
+
+def test_auto_dali_threads(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert dali_threads("auto", step_threads=1) == 15  # one process driving a GPU
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert dali_threads("auto", step_threads=1) == 3
+    assert dali_threads("auto", step_threads=4) == 1  # CPU training: torch's threads take the whole share
+    assert dali_threads(6, step_threads=4) == 6

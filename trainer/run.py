@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> dict:
     strong = load_strong_labels(cfg.evaluation.strong_labels, vocab) if cfg.evaluation.strong_labels else None
     steps_per_epoch = min(len(train), cfg.train.steps_per_epoch or len(train))
     log(f"data: {len(data.train)} train, {len(data.valid)} valid, {len(data.eval)} eval clips; "
-        f"{len(vocab)} classes; {steps_per_epoch} steps/epoch on each of {world} processes")
+        f"{len(vocab)} classes; {steps_per_epoch} steps/epoch on each of {world} processes; {train.num_threads} "
+        f"DALI threads per process (data.num_threads: {cfg.data.num_threads})")
 
     # ---- 2. Models -----------------------------------------------------------------------------
     model = build_model(cfg.model, len(vocab))

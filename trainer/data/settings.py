@@ -5,8 +5,9 @@ and validates the sections; each package owns its own). The streams take the sma
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 
 @dataclass(frozen=True)
@@ -14,8 +15,18 @@ class LoaderSettings:
     """What a stream needs to read batches: their size and DALI's threads and prefetch depth."""
 
     batch_size: int
-    num_threads: int = 2  # DALI CPU threads per process
+    num_threads: Union[int, Literal["auto"]] = "auto"  # DALI CPU threads per process (see dali_threads)
     prefetch: int = 2  # DALI prefetch queue depth
+
+
+def dali_threads(num_threads: Union[int, Literal["auto"]], step_threads: int) -> int:
+    """DALI's CPU threads for a process: ``num_threads``, or for ``auto`` the cores this process may use
+    (its CPU affinity) shared among the processes on the node (``LOCAL_WORLD_SIZE``, default 1), less the
+    ``step_threads`` the training step keeps busy, and at least 1."""
+    if num_threads != "auto":
+        return int(num_threads)
+    share = len(os.sched_getaffinity(0)) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    return max(1, share - step_threads)
 
 
 @dataclass
@@ -27,7 +38,7 @@ class DataConfig:
     batch_size: int = 32  # training batch per process
     weighted: bool = True  # PSLA balanced sampling: draws ∝ weights.csv, with replacement
     num_samples: Optional[int] = None  # draws per epoch; default: training set size
-    num_threads: int = 2  # DALI CPU threads per process
+    num_threads: Union[int, Literal["auto"]] = "auto"  # DALI CPU threads per process; auto: see dali_threads
     prefetch: int = 2  # DALI prefetch queue depth
     on_corrupt: Literal["fail", "skip"] = "skip"  # a training sample that does not decode: stop, or skip and log it
     max_corrupt_fraction: float = 0.001  # stop when more of the training set than this has been skipped

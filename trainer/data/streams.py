@@ -32,7 +32,7 @@ from trainer.data.features import FrontEnd
 from trainer.data.manifest import RecordTable, ShardBytes, ShardRecord
 from trainer.data.sampling import eval_order, train_batches_per_rank, train_order
 from trainer.data.seeding import AUGMENT, SUBSTITUTE, numpy_rng
-from trainer.data.settings import AugmentConfig, LoaderSettings
+from trainer.data.settings import AugmentConfig, LoaderSettings, dali_threads
 
 
 class _Stream:
@@ -64,6 +64,9 @@ class _Stream:
         # fought over the cores). On the GPU the tail is a few kernels, run inline.
         self._workers = 0 if self._gpu else torch.get_num_threads()
         self._pool: ThreadPoolExecutor | None = None
+        # DALI's threads: on a CPU the training step and the tail workers keep torch's threads busy; on a GPU
+        # the step needs the one thread that drives it
+        self.num_threads = dali_threads(loader.num_threads, self._workers or 1)
 
     def _submit(self, fn: Any, *args: Any) -> Future:
         """``fn(*args)`` on a tail worker (CPU) or right here (GPU), as a future."""
@@ -153,7 +156,7 @@ class _Stream:
         device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) \
             if self._gpu else None
 
-        @pipeline_def(batch_size=self.loader.batch_size, num_threads=self.loader.num_threads, device_id=device_id,
+        @pipeline_def(batch_size=self.loader.batch_size, num_threads=self.num_threads, device_id=device_id,
                       prefetch_queue_depth=self.loader.prefetch, exec_dynamic=True)
         def graph() -> Any:
             flac = fn.external_source(source=source, batch=True, dtype=types.UINT8, cycle=False)
