@@ -17,8 +17,8 @@ import torch
 from tests.shardkit import make_dataset
 from trainer.data.datasets import holdout_mask, in_holdout, load_records, resolve_splits
 from trainer.data.features import build_frontend
-from trainer.data.manifest import (MANIFEST, MANIFEST_CACHE, RecordTable, ShardRecord, load_cache, read_manifest,
-                                   source_stats)
+from trainer.data.manifest import (MANIFEST, MANIFEST_CACHE, RecordTable, ShardBytes, ShardRecord, load_cache,
+                                   read_manifest, source_stats)
 from trainer.data.sampling import train_order
 from trainer.data.settings import AugmentConfig, DataConfig, FeatureConfig, LoaderSettings, dali_threads
 from trainer.data.streams import TrainStream
@@ -174,6 +174,26 @@ def test_columnar_batches_equal_the_record_list_path(ds, rank, world):
                 labels[row, list(records[i].labels)] = 1.0
             assert torch.equal(b["labels"], labels)
             assert stream.records.weight[idx].tolist() == [records[i].weight for i in idx]
+
+
+def test_read_ahead_hints_the_planned_members_and_changes_no_batch(ds, monkeypatch):
+    hinted = []
+    real = ShardBytes.will_need
+    monkeypatch.setattr(ShardBytes, "will_need", lambda self, *a: (hinted.append(a), real(self, *a))[1])
+    table = load_records(str(ds))[0]
+    runs = []
+    for depth in (0, 3):
+        hinted.clear()
+        stream = TrainStream(table, 5, LoaderSettings(4, 1, 1, readahead=depth), FEAT, AugmentConfig(mixup=0.5),
+                             5, 0, 1, CPU, num_samples=24)
+        runs.append(list(stream))
+        if depth:
+            planned = {(table.shard(i), int(table.offset[i]), int(table.size[i])) for b in stream.batches() for i in b}
+            assert planned <= set(hinted)
+        else:
+            assert hinted == []
+    for a, b in zip(*runs):
+        assert a["keys"] == b["keys"] and torch.equal(a["features"], b["features"])
 
 
 def test_auto_dali_threads(monkeypatch):

@@ -206,6 +206,8 @@ def _validate(cfg: Config, check_paths: bool) -> None:
             raise ConfigError(f"{key}: must be positive, got {v}")
     if cfg.data.num_threads != "auto" and cfg.data.num_threads <= 0:
         raise ConfigError(f"data.num_threads: must be positive or auto, got {cfg.data.num_threads}")
+    if cfg.data.readahead < 0:
+        raise ConfigError(f"data.readahead: must be 0 (off) or more batches, got {cfg.data.readahead}")
     if not 1 <= cfg.train.wa_start <= (cfg.train.wa_end or cfg.optim.epochs) <= cfg.optim.epochs:
         raise ConfigError(f"train.wa_start/wa_end: need 1 <= wa_start <= wa_end <= optim.epochs, got "
                           f"{cfg.train.wa_start}, {cfg.train.wa_end}, {cfg.optim.epochs}")

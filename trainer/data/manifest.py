@@ -455,3 +455,12 @@ class ShardBytes:
 
     def __call__(self, rec: ShardRecord) -> np.ndarray:
         return self.member(rec.shard, rec.offset, rec.size)
+
+    def will_need(self, shard: str, offset: int, size: int) -> None:
+        """Ask the kernel to start reading a member into the page cache now (MADV_WILLNEED returns at once),
+        so that the page faults of a later read find it there."""
+        mm = self._map(shard)[0]
+        start = offset - offset % mmap.PAGESIZE  # madvise takes page-aligned ranges
+        end = min(offset + size, len(mm))
+        if end > start:
+            mm.madvise(mmap.MADV_WILLNEED, start, end - start)

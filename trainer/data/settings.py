@@ -12,11 +12,12 @@ from typing import Literal, Optional, Union
 
 @dataclass(frozen=True)
 class LoaderSettings:
-    """What a stream needs to read batches: their size and DALI's threads and prefetch depth."""
+    """What a stream needs to read batches: their size, DALI's threads and prefetch depth, read-ahead."""
 
     batch_size: int
     num_threads: Union[int, Literal["auto"]] = "auto"  # DALI CPU threads per process (see dali_threads)
     prefetch: int = 2  # DALI prefetch queue depth
+    readahead: int = 4  # batches whose samples the kernel is asked to read before DALI takes them; 0: off
 
 
 def dali_threads(num_threads: Union[int, Literal["auto"]], step_threads: int) -> int:
@@ -40,12 +41,13 @@ class DataConfig:
     num_samples: Optional[int] = None  # draws per epoch; default: training set size
     num_threads: Union[int, Literal["auto"]] = "auto"  # DALI CPU threads per process; auto: see dali_threads
     prefetch: int = 2  # DALI prefetch queue depth
+    readahead: int = 4  # batches read ahead of DALI into the page cache (0: off)
     on_corrupt: Literal["fail", "skip"] = "skip"  # a training sample that does not decode: stop, or skip and log it
     max_corrupt_fraction: float = 0.001  # stop when more of the training set than this has been skipped
 
     def loader(self, batch_size: int | None = None) -> LoaderSettings:
         """Loader settings for training batches, or for batches of ``batch_size`` (evaluation)."""
-        return LoaderSettings(batch_size or self.batch_size, self.num_threads, self.prefetch)
+        return LoaderSettings(batch_size or self.batch_size, self.num_threads, self.prefetch, self.readahead)
 
 
 @dataclass
