@@ -139,8 +139,8 @@ class RecordTable(Sequence[ShardRecord]):
         return cls(shards, {name: np.concatenate(p).astype(cls.COLUMNS[name], copy=False) for name, p in parts.items()})
 
     def take(self, rows: np.ndarray) -> "RecordTable":
-        """A new table of ``rows`` (indices, or a boolean mask), in that order; columns copied."""
-        rows = np.flatnonzero(rows) if rows.dtype == bool else np.asarray(rows, dtype=np.int64)
+        """A new table of ``rows`` (indices, in that order, or a boolean mask); columns copied."""
+        rows = np.asarray(rows)
         labels, label_offsets = _take_csr(self.label_offsets, self.label_indices, rows)
         keys, key_offsets = _take_csr(self.key_offsets, self.key_bytes, rows)
         return RecordTable(self.shards, {
@@ -211,13 +211,19 @@ class RecordTable(Sequence[ShardRecord]):
 
 
 def _take_csr(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(values, offsets) of the CSR rows ``rows``, in that order."""
-    starts, counts = offsets[rows], offsets[rows + 1] - offsets[rows]
-    new_offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    """(values, offsets) of the CSR rows ``rows``: indices, in that order, or a boolean mask."""
+    if rows.dtype == bool:  # a split of the whole table: a mask over the values (1 byte each, not an index's 8)
+        counts = np.diff(offsets)
+        taken, counts = values[np.repeat(rows, counts)], counts[rows]
+    else:
+        rows = rows.astype(np.int64, copy=False)
+        starts, counts = offsets[rows], offsets[rows + 1] - offsets[rows]
+        # position of each taken value: its row's start, plus its rank inside the row
+        at = np.arange(counts.sum(), dtype=np.int64) + np.repeat(starts - (np.cumsum(counts) - counts), counts)
+        taken = values[at]
+    new_offsets = np.zeros(len(counts) + 1, dtype=np.int64)
     np.cumsum(counts, out=new_offsets[1:])
-    # position of each taken value: its row's start, plus its rank inside the row
-    at = np.arange(new_offsets[-1], dtype=np.int64) + np.repeat(starts - new_offsets[:-1], counts)
-    return values[at], new_offsets
+    return taken, new_offsets
 
 
 class _TableBuilder:

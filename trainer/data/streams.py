@@ -234,7 +234,8 @@ class TrainStream(_Stream):
         self.num_samples = num_samples or len(self.records)
         self.augment = Augmenter(augment, frontend)
         self.corrupt = corrupt
-        self._weights = torch.tensor(self.records.weight, dtype=torch.double)
+        # the weight column itself where it is a writable float64 array (a copy where it is the cache's map)
+        self._weights = torch.from_numpy(np.require(self.records.weight, np.float64, ["C", "W"]))
         self._orders: dict[int, np.ndarray] = {}  # batches × batch size record indices of the epochs being planned
         self._bad: set[int] = set()  # record indices known corrupt
         self._cumulative: np.ndarray | None = None  # cumulative weights, for drawing substitutes
