@@ -57,13 +57,14 @@ def _readahead_table(res: dict) -> list[str]:
              f"{res['batch_size']}; one epoch over {res['clips']} clips, {res['shard_bytes'] / 1e6:.0f} MB of shards, "
              "each clip once)", "",
              "cold: the shards evicted from the page cache before the process starts; warm: read in full first. "
-             f"Best of {res['repeats']} interleaved rounds; major faults = reads that waited for the disk. Commit "
+             f"Best of {res['repeats']} interleaved rounds by clips/s; major faults = reads that waited for the disk; "
+             "feeder wait = seconds DALI's feeding thread spent faulting the clips' pages in. Commit "
              f"{res['environment']['commit'][:10]}.", "",
-             "| page cache | " + " | ".join(f"readahead {d}: clips/s | major faults" for d in depths) + " |",
-             "|---|" + "---|---|" * len(depths)]
+             "| page cache | " + " | ".join(f"readahead {d}: clips/s | major faults | feeder wait s" for d in depths)
+             + " |", "|---|" + "---|---|---|" * len(depths)]
     for cache in ("cold", "warm"):
-        lines.append(f"| {cache} | " + " | ".join(f"{r[cache, d]['clips_per_s']:.1f} | {r[cache, d]['major_faults']}"
-                                                   for d in depths) + " |")
+        lines.append(f"| {cache} | " + " | ".join(f"{r[cache, d]['clips_per_s']:.1f} | {r[cache, d]['major_faults']} | "
+                                                   f"{r[cache, d]['feeder_wait_s']:.3f}" for d in depths) + " |")
     return lines + [""]
 
 

@@ -243,8 +243,8 @@ class _TableBuilder:
         self.size.append(size)
         self.duration.append(duration)
         self.weight.append(weight)
+        self.key_hash.append(key_hash(key))
         encoded = key.encode()
-        self.key_hash.append(int.from_bytes(hashlib.sha1(encoded).digest()[:8], "big"))  # key_hash(key)
         self.key_lengths.append(len(encoded))
         self.key_bytes += encoded
         self.label_counts.append(len(labels))
