@@ -77,7 +77,8 @@ def run_one(data: Path, depth: int, other: Path) -> dict:
     ShardBytes.member = touched  # type: ignore[method-assign]
 
     def stream(root: Path) -> TrainStream:
-        return TrainStream(load_records(str(root / "shards"))[0], 10, LoaderSettings(BATCH, THREADS, 2, readahead=depth),
+        loader = LoaderSettings(BATCH, THREADS, 2, readahead=depth)
+        return TrainStream(load_records(str(root / "shards"))[0], 10, loader,
                            build_frontend(FeatureConfig("kaldi_fbank")), AugmentConfig(freqm=48, timem=192, mixup=0.5),
                            0, 0, 1, torch.device("cpu"), weighted=False)
 
@@ -113,7 +114,8 @@ def main() -> None:
                     evict(files)
                 else:
                     warm(files)
-                out = run_module("readahead", "--one", str(data), str(depth), str(other), capture_output=True, text=True, check=True)
+                out = run_module("readahead", "--one", str(data), str(depth), str(other), capture_output=True,
+                                 text=True, check=True)
                 runs.append({"cache": cache, **json.loads(out.stdout.strip().splitlines()[-1])})
                 print(f"{cache} readahead={depth}: {runs[-1]['clips_per_s']:7.1f} clips/s, "
                       f"{runs[-1]['major_faults']} major faults, feeder waited {runs[-1]['feeder_wait_s']:.3f} s",

@@ -80,8 +80,8 @@ def _scale_table(res: dict) -> list[str]:
              f"(DALI pipeline and tail buffers included); records' share: over the {sizes[0]:,}-record row. Each "
              f"cell the fastest of {res['repeats']} alternating runs; clips/s over the {res['batches']} batches "
              "after the first.", "",
-             "| records | start-up s, before | after | added RSS MB, before | after | records' share MB, before | after "
-             "| clips/s, before | after | manifest.cache build s |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| records | start-up s, before | after | added RSS MB, before | after | records' share MB, before "
+             "| after | clips/s, before | after | manifest.cache build s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for n in sizes:
         b, a = r["before", n], r["after", n]
         lines.append(f"| {n:,} | {b['startup_s']:.2f} | {a['startup_s']:.2f} | {b['added_rss_mb']:.0f} | "

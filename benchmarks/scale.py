@@ -207,8 +207,8 @@ def main() -> None:
                 r = {"code": code, "records": n, **run_child(root, config(prepared[n][0]), a.batches)}
                 runs.append(r)
                 print(f"{code:6} {n:>9,d} records: first batch after {r['startup_s']:6.2f} s (records "
-                      f"{r['records_s']:6.2f} s), added RSS {r['added_rss_mb']:7.0f} MB (peak {r['peak_added_mb']:7.0f}),"
-                      f" then {r['clips_per_s']:6.1f} clips/s", flush=True)
+                      f"{r['records_s']:6.2f} s), added RSS {r['added_rss_mb']:7.0f} MB "
+                      f"(peak {r['peak_added_mb']:7.0f}), then {r['clips_per_s']:6.1f} clips/s", flush=True)
     best = [min((r for r in runs if (r["code"], r["records"]) == key), key=lambda r: r["startup_s"])
             for key in dict.fromkeys((r["code"], r["records"]) for r in runs)]
     plot(best, RESULTS / "scale.png")

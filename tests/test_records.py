@@ -46,7 +46,8 @@ def parsed_records(root: Path) -> list[ShardRecord]:
 
 
 def test_table_round_trip_and_columns():
-    records = [ShardRecord("a", "s0.tar", 512, 100, (3, 1), 1.5, 0.5), ShardRecord("bé_ü", "s1.tar", 1024, 7, (), 0.25),
+    records = [ShardRecord("a", "s0.tar", 512, 100, (3, 1), 1.5, 0.5),
+               ShardRecord("bé_ü", "s1.tar", 1024, 7, (), 0.25),  # no labels, a key that is not ASCII
                ShardRecord("c", "s0.tar", 2048, 9, (4,), 10.0, 2.0)]
     t = RecordTable.from_records(records)
     assert list(t) == records and len(t) == 3 and t[-1] == records[2] and t[1].key == "bé_ü"
@@ -58,7 +59,8 @@ def test_table_round_trip_and_columns():
     assert list(t.take(np.array([False, True, True]))) == records[1:]
     both = RecordTable.concat([t, RecordTable.from_records(records[:2])])
     assert list(both) == records + records[:2] and both.shards == ["s0.tar", "s1.tar"] * 2
-    assert len(RecordTable.from_records([])) == 0 and list(RecordTable.concat([t, t.take(np.array([], int))])) == records
+    assert len(RecordTable.from_records([])) == 0
+    assert list(RecordTable.concat([t, t.take(np.array([], int))])) == records
     with pytest.raises(IndexError):
         t[3]
 
