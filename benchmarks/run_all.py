@@ -2,9 +2,10 @@
 
     python -m benchmarks.run_all [--clips 192] [--skip NAME ...] [--report-only]
 
-Runs, each as its own process with its quick defaults (about 8 minutes on 2 cores): loader, scaling (reads
-loader.json), memory, train_step, build_shards. Each writes benchmarks/results/<name>.json with the
-machine, versions and commit. The synthetic data set is generated once into benchmarks/.cache.
+Runs, each as its own process with its quick defaults (about 25 minutes on 2 cores, most of it the starting
+commit's 2 M-record start-ups in scale): loader, readahead, scaling (reads loader.json), memory, train_step,
+build_shards, scale. Each writes benchmarks/results/<name>.json with the machine, versions and commit. The
+synthetic data sets (and scale's manifests) are generated once into benchmarks/.cache.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from typing import Any
 
 from benchmarks.common import RESULTS, dataset, run_module
 
-SUITE = ("loader", "scaling", "memory", "train_step", "build_shards")  # scaling reads loader.json
+SUITE = ("loader", "readahead", "scaling", "memory", "train_step", "build_shards", "scale")  # scaling reads loader.json
+OWN_DATA = ("readahead", "scale")  # sets of their own size: --clips is not theirs
 TARGETS = {"psla": 1.5, "wds": 1.2}  # ours ≥ this × the baseline's clips/s
 
 
@@ -46,6 +48,47 @@ def _loader_table(res: list[dict]) -> tuple[list[str], list[tuple[str, int, dict
         lines.append(f"| {f} | {t} | " + " | ".join(f"{r[k]['peak_rss_mb']:.0f}" for k in ("ours", "psla", "wds", "floor"))
                      + " |")
     return lines, cells
+
+
+def _readahead_table(res: dict) -> list[str]:
+    r = {(x["cache"], x["readahead"]): x for x in res["results"]}
+    depths = sorted({d for _, d in r})
+    lines = [f"### Cold page cache: read-ahead (ours, kaldi_fbank, {res['dali_threads']} DALI threads, batch "
+             f"{res['batch_size']}; one epoch over {res['clips']} clips, {res['shard_bytes'] / 1e6:.0f} MB of shards, "
+             "each clip once)", "",
+             "cold: the shards evicted from the page cache before the process starts; warm: read in full first. "
+             f"Best of {res['repeats']} interleaved rounds by clips/s; major faults = reads that waited for the disk; "
+             "feeder wait = seconds DALI's feeding thread spent faulting the clips' pages in. Commit "
+             f"{res['environment']['commit'][:10]}.", "",
+             "| page cache | " + " | ".join(f"readahead {d}: clips/s | major faults | feeder wait s" for d in depths)
+             + " |", "|---|" + "---|---|---|" * len(depths)]
+    for cache in ("cold", "warm"):
+        lines.append(f"| {cache} | " + " | ".join(f"{r[cache, d]['clips_per_s']:.1f} | {r[cache, d]['major_faults']} | "
+                                                   f"{r[cache, d]['feeder_wait_s']:.3f}" for d in depths) + " |")
+    return lines + [""]
+
+
+def _scale_table(res: dict) -> list[str]:
+    r = {(x["code"], x["records"]): x for x in res["results"]}
+    sizes = sorted({n for _, n in r})
+    base = {code: r[code, sizes[0]]["added_rss_mb"] for code in ("before", "after")}
+    lines = [f"## Start-up at scale (config → first batch; before = commit {res['before_commit']}, after = "
+             f"{res['environment']['commit'][:10]})", "",
+             "Synthetic manifests pointing at the real FLAC members of the 192-clip set, AudioSet balanced-train "
+             "label sets over 527 classes with PSLA weights; full_as.yaml's data path (kaldi_fbank, SpecAugment, "
+             "mixup, 1 % hold-out, batch 32). Added RSS: at the first batch, over the process before the config "
+             f"(DALI pipeline and tail buffers included); records' share: over the {sizes[0]:,}-record row. Each "
+             f"cell the fastest of {res['repeats']} alternating runs; clips/s over the {res['batches']} batches "
+             "after the first.", "",
+             "| records | start-up s, before | after | added RSS MB, before | after | records' share MB, before "
+             "| after | clips/s, before | after | manifest.cache build s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for n in sizes:
+        b, a = r["before", n], r["after", n]
+        lines.append(f"| {n:,} | {b['startup_s']:.2f} | {a['startup_s']:.2f} | {b['added_rss_mb']:.0f} | "
+                     f"{a['added_rss_mb']:.0f} | {b['added_rss_mb'] - base['before']:.0f} | "
+                     f"{a['added_rss_mb'] - base['after']:.0f} | {b['clips_per_s']:.1f} | {a['clips_per_s']:.1f} | "
+                     f"{res['cache_build_s'][str(n)]:.1f} |")
+    return lines + ["", "![start-up at scale](scale.png)", ""]
 
 
 def plot(cells: list[tuple[str, int, dict]], out: Path) -> None:
@@ -97,6 +140,9 @@ def report() -> Path:
                   "on two threads, so the 2-thread rows are the same-cores comparison.", ""] + table + [""]
         plot(cells, RESULTS / "throughput.png")
         lines += ["![throughput](throughput.png)", ""]
+    ahead = _load("readahead")
+    if ahead:
+        lines += _readahead_table(ahead)
     steps = _load("train_step")
     if steps:
         lines += [f"## Training step (clips/s, on {steps.get('device', 'cpu').upper()})", "",
@@ -134,6 +180,9 @@ def report() -> Path:
         lines += ["", "| loader | front-end | 1 thread | 2 threads | speed-up |", "|---|---|---|---|---|"]
         lines += [f"| {r['loader']} | {r['frontend']} | {r['clips_per_s_1']:.1f} | {r['clips_per_s_2']:.1f} | "
                   f"×{r['speedup']:.2f} |" for r in scale["threads"]] + [""]
+    big = _load("scale")
+    if big:
+        lines += _scale_table(big)
     build = _load("build_shards")
     if build:
         lines += ["## Shard builder (10 s clips in mixed formats → 16 kHz FLAC shards)", "",
@@ -158,7 +207,7 @@ def main() -> None:
                 continue
             print(f"== {name}", flush=True)
             t0 = time.perf_counter()
-            run_module(name, "--clips", str(a.clips), check=True)
+            run_module(name, *(() if name in OWN_DATA else ("--clips", str(a.clips))), check=True)
             print(f"== {name}: {time.perf_counter() - t0:.0f} s", flush=True)
     print(f"wrote {report()}")
 

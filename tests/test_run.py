@@ -108,6 +108,17 @@ def test_unreadable_override_is_a_config_error():
     assert cfg.data.train == ["shards/x/x-{000000..000001}.tar"]
 
 
+def test_dali_threads_are_auto_unless_a_positive_number():
+    def cfg(*overrides: str):
+        return load_config(None, ["data.train=[shards/x]", *overrides], check_paths=False)
+
+    assert cfg().data.num_threads == "auto" and cfg("data.num_threads=3").data.num_threads == 3
+    with pytest.raises(ConfigError, match=r"^data\.num_threads: must be positive or auto, got 0"):
+        cfg("data.num_threads=0")
+    with pytest.raises(ConfigError, match=r"^data\.num_threads: 'many' is not one of int or 'auto'"):
+        cfg("data.num_threads=many")
+
+
 def test_single_shard_spec_and_options_that_do_not_apply(built_shards, synthetic_dir, tmp_path):
     config = tiny_config(tmp_path / "tiny.yaml", built_shards, synthetic_dir, tmp_path / "runs")
     shard = sorted(built_shards["train"].glob("*.tar"))[0]

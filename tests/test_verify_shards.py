@@ -1,6 +1,7 @@
 """verify_shards catches corruption; shard_stats computes the PSLA fbank statistics."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -12,7 +13,7 @@ import torchaudio
 
 from tools import shard_stats, verify_shards
 from tools.audio_io import decode_flac
-from trainer.data.manifest import read_manifest
+from trainer.data.manifest import MANIFEST_CACHE, RecordTable, read_manifest, save_cache, source_stats
 
 
 @pytest.fixture
@@ -76,6 +77,16 @@ def test_manifest_mismatch_is_reported(dataset):
     assert any(p.startswith(f"{rec['shard']}: {rec['key']}: manifest says flac") for p in problems)
     assert any("not in the manifest" in p for p in problems)
     assert any(p.startswith("dataset.json") for p in problems)
+
+
+def test_cache_that_disagrees_with_its_manifest_is_reported(dataset):
+    """A cache made from the present files (sizes and mtimes match) whose records differ: bit rot, or a hand
+    edit that kept both. The loader would trust it, so the verifier compares it with the text."""
+    records = list(read_manifest(dataset))
+    records[7] = dataclasses.replace(records[7], offset=records[7].offset + 512)
+    save_cache(dataset / MANIFEST_CACHE, RecordTable.from_records(records), source_stats(dataset))
+    problems, _ = verify_shards.verify(dataset)
+    assert len(problems) == 1 and problems[0].startswith(f"{MANIFEST_CACHE}: its records differ"), problems
 
 
 def test_shard_stats_matches_direct_fbank(dataset, capsys):

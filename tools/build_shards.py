@@ -28,8 +28,8 @@ from tools.audio_io import SAMPLE_RATE, AudioError, encode_flac, load_audio, to_
 from tools.shard_writer import ShardWriter
 from tools.sources import TOO_SHORT, UNREADABLE, Item, mark_duplicates, read_source
 from trainer.data.atomic import atomic_write
-from trainer.data.manifest import (DATASET_INFO, MANIFEST, REJECTS, VOCABULARY, WEIGHTS, ShardRecord,
-                                   Vocabulary, write_manifest, write_weights)
+from trainer.data.manifest import (DATASET_INFO, MANIFEST, REJECTS, VOCABULARY, WEIGHTS, RecordTable, ShardRecord,
+                                   Vocabulary, write_manifest, write_manifest_cache, write_weights)
 
 BUILDER_VERSION = "1"
 STATE_DIR = ".build"  # per-shard resume state inside the output directory
@@ -103,6 +103,7 @@ def write_labels(out: Path, vocab: Vocabulary, records: Sequence[ShardRecord], w
     records = [replace(r, weight=w) for r, w in zip(records, weights)]
     write_manifest(out / MANIFEST, records)
     write_weights(out / WEIGHTS, weights)
+    write_manifest_cache(out, RecordTable.from_records(records))  # after both files: it records their mtimes
     vocab.save(out / VOCABULARY)
     return records
 

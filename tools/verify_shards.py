@@ -20,7 +20,8 @@ from tqdm import tqdm
 from tools.audio_io import SAMPLE_RATE, decode_flac, flac_md5_matches
 from tools.shard_writer import TAR_BLOCK, Member, read_index, scan_tar, split_name
 from trainer.data.datasets import broken_link
-from trainer.data.manifest import DATASET_INFO, ENHANCEMENT, ShardRecord, read_added_labels, read_manifest
+from trainer.data.manifest import (DATASET_INFO, ENHANCEMENT, MANIFEST_CACHE, ShardRecord, load_cache, read_added_labels,
+                                   read_manifest, source_stats)
 
 
 def _check_tar(tar: Path, records: list[ShardRecord], added: dict[str, list[int]]) -> tuple[list[str], int]:
@@ -114,10 +115,14 @@ def verify(dataset_dir: str | Path, progress: bool = False) -> tuple[list[str], 
     d = Path(dataset_dir)
     problems: list[str] = []
     try:
-        records = read_manifest(d)
+        records = read_manifest(d, cache=False)  # the text itself; the cache is checked against it below
     except (FileNotFoundError, ValueError) as e:
         problems.append(str(e))
         records = []
+    cached = load_cache(d / MANIFEST_CACHE, source_stats(d)) if records else None  # a stale one is rebuilt anyway
+    if cached is not None and cached != records:
+        problems.append(f"{MANIFEST_CACHE}: its records differ from manifest.jsonl and weights.csv although it was "
+                        "made from these very files; delete it and the loader rebuilds it")
     by_shard: dict[str, list[ShardRecord]] = collections.defaultdict(list)
     for key, n in collections.Counter(r.key for r in records).items():
         if n > 1:

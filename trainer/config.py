@@ -115,7 +115,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 def _type_name(tp: Any) -> str:
-    return " or ".join(getattr(a, "__name__", str(a)) for a in typing.get_args(tp))
+    return " or ".join(" or ".join(map(repr, typing.get_args(a))) if typing.get_origin(a) is Literal
+                       else getattr(a, "__name__", str(a)) for a in typing.get_args(tp))
 
 
 def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
@@ -197,7 +198,6 @@ def _validate(cfg: Config, check_paths: bool) -> None:
         "data.global_batch_size": cfg.data.global_batch_size or 1,
         "data.max_batch_per_process": cfg.data.max_batch_per_process or 1,
         "evaluation.batch_size": cfg.evaluation.batch_size,
-        "data.num_threads": cfg.data.num_threads,
         "optim.epochs": cfg.optim.epochs,
         "optim.lr": cfg.optim.lr,
         "optim.grad_accum": cfg.optim.grad_accum,
@@ -206,6 +206,10 @@ def _validate(cfg: Config, check_paths: bool) -> None:
     for key, v in positive.items():
         if v <= 0:
             raise ConfigError(f"{key}: must be positive, got {v}")
+    if cfg.data.num_threads != "auto" and cfg.data.num_threads <= 0:
+        raise ConfigError(f"data.num_threads: must be positive or auto, got {cfg.data.num_threads}")
+    if cfg.data.readahead < 0:
+        raise ConfigError(f"data.readahead: must be 0 (off) or more batches, got {cfg.data.readahead}")
     if not 1 <= cfg.train.wa_start <= (cfg.train.wa_end or cfg.optim.epochs) <= cfg.optim.epochs:
         raise ConfigError(f"train.wa_start/wa_end: need 1 <= wa_start <= wa_end <= optim.epochs, got "
                           f"{cfg.train.wa_start}, {cfg.train.wa_end}, {cfg.optim.epochs}")

@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> dict:
     steps_per_epoch = min(len(train), cfg.train.steps_per_epoch or len(train))
     optimizer_steps = math.ceil(steps_per_epoch / accelerator.gradient_accumulation_steps)
     log(f"data: {len(data.train)} train, {len(data.valid)} valid, {len(data.eval)} eval clips; "
-        f"{len(vocab)} classes; {steps_per_epoch} steps/epoch on each of {world} processes")
+        f"{len(vocab)} classes; {steps_per_epoch} steps/epoch on each of {world} processes; {train.num_threads} "
+        f"DALI threads per process (data.num_threads: {cfg.data.num_threads})")
 
     # ---- 2. Models -----------------------------------------------------------------------------
     model = build_model(cfg.model, len(vocab))

@@ -1,4 +1,4 @@
-"""Resolve a config's dataset specs into :class:`ShardRecord` lists with absolute shard paths.
+"""Resolve a config's dataset specs into :class:`RecordTable` s with absolute shard paths.
 
 A spec is a built dataset directory, or a brace-expanded shard pattern inside one
 (``shards/as/as-{000000..000199}.tar``, the webdataset convention) that selects some of its shards.
@@ -6,24 +6,25 @@ A spec is a built dataset directory, or a brace-expanded shard pattern inside on
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 from braceexpand import braceexpand
 
-from trainer.data.manifest import DATASET_INFO, VOCABULARY, ShardRecord, Vocabulary, read_manifest
+from trainer.data.manifest import DATASET_INFO, VOCABULARY, RecordTable, Vocabulary, key_hash, read_manifest
 from trainer.data.settings import DataConfig, FeatureConfig
 
 
 @dataclass
 class Splits:
-    train: list[ShardRecord]
-    valid: list[ShardRecord]
-    eval: list[ShardRecord]
+    train: RecordTable
+    valid: RecordTable
+    eval: RecordTable
     vocab: Vocabulary
     feature_stats: dict  # dataset.json "feature_stats" of the first training dataset ({} if none)
 
@@ -73,7 +74,7 @@ def spec_exists(spec: str) -> bool:
         return False
 
 
-def load_records(spec: str) -> tuple[list[ShardRecord], Vocabulary, dict]:
+def load_records(spec: str) -> tuple[RecordTable, Vocabulary, dict]:
     """Records of one spec (absolute shard paths, every shard and .idx checked), its vocabulary and
     the dataset's ``dataset.json`` (``{}`` if absent)."""
     root, selected = _split_spec(spec)
@@ -85,28 +86,28 @@ def load_records(spec: str) -> tuple[list[ShardRecord], Vocabulary, dict]:
         for name in sorted(selected):
             if not (root / name).is_file():
                 raise FileNotFoundError(f"{spec}: missing shard {root / name}")
-        known = {r.shard for r in records}
-        missing = sorted(selected - known)
+        missing = sorted(selected - set(records.shards))
         if missing:
             raise FileNotFoundError(f"{spec}: shard {root / missing[0]} is not in {root}/manifest.jsonl")
-        records = [r for r in records if r.shard in selected]
-    shards = sorted({r.shard for r in records})
-    for name in shards:
+        chosen = np.array([name in selected for name in records.shards], dtype=bool)
+        records = records.take(chosen[records.shard_index])
+    used = np.bincount(records.shard_index, minlength=len(records.shards)) > 0
+    for name in sorted(name for name, u in zip(records.shards, used) if u):
         path = root / name
         if not path.is_file():
             raise FileNotFoundError(f"missing shard {path}{broken_link(path)}")
         idx = index_path(path)
         if not idx.is_file():
             raise FileNotFoundError(f"missing index {idx}{broken_link(idx)} for shard {path}")
-    records = [dataclasses.replace(r, shard=str(root / r.shard)) for r in records]
+    records = records.with_shards([str(root / name) for name in records.shards])
     info_path = root / DATASET_INFO
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     return records, vocab, info
 
 
-def load_many(specs: Sequence[str]) -> tuple[list[ShardRecord], Vocabulary | None, dict]:
+def load_many(specs: Sequence[str]) -> tuple[RecordTable, Vocabulary | None, dict]:
     """Several specs concatenated; they must share the vocabulary (same digest)."""
-    records: list[ShardRecord] = []
+    tables: list[RecordTable] = []
     vocab = None
     first_info: dict = {}
     for spec in specs:
@@ -115,14 +116,27 @@ def load_many(specs: Sequence[str]) -> tuple[list[ShardRecord], Vocabulary | Non
             vocab, first_info = v, info
         elif v.digest() != vocab.digest():
             raise ValueError(f"{spec}: vocabulary {v.digest()} differs from {specs[0]}'s {vocab.digest()}")
-        records.extend(recs)
-    return records, vocab, first_info
+        tables.append(recs)
+    return RecordTable.concat(tables) if tables else RecordTable.from_records([]), vocab, first_info
+
+
+def holdout_threshold(fraction: float) -> int:
+    """The hold-out takes the keys whose :func:`key_hash` is below this: exactly ``key_hash < fraction · 2^64``
+    as Python compares an int with a float (a hash is an integer, so below ``x`` is below ``ceil(x)``)."""
+    return math.ceil(fraction * 2**64)
 
 
 def in_holdout(key: str, fraction: float) -> bool:
     """Deterministic validation hold-out by key hash, independent of order and of the other keys."""
-    h = int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big")
-    return h < fraction * 2**64
+    return key_hash(key) < holdout_threshold(fraction)
+
+
+def holdout_mask(records: RecordTable, fraction: float) -> np.ndarray:
+    """:func:`in_holdout` of every record, from the cached hash column."""
+    threshold = holdout_threshold(fraction)
+    if threshold > np.iinfo(np.uint64).max:
+        return np.ones(len(records), dtype=bool)
+    return records.key_hash < np.uint64(max(threshold, 0))
 
 
 def resolve_splits(cfg: DataConfig) -> Splits:
@@ -132,13 +146,13 @@ def resolve_splits(cfg: DataConfig) -> Splits:
     if cfg.valid:
         valid, _ = _same_vocab(cfg.valid, vocab)
     else:
-        valid = [r for r in train if in_holdout(r.key, cfg.valid_fraction)]
-        train = [r for r in train if not in_holdout(r.key, cfg.valid_fraction)]
-    evals, _ = _same_vocab(cfg.eval, vocab) if cfg.eval else ([], None)
+        held = holdout_mask(train, cfg.valid_fraction)
+        train, valid = train.take(~held), train.take(held)
+    evals, _ = _same_vocab(cfg.eval, vocab) if cfg.eval else (RecordTable.from_records([]), None)
     return Splits(train, valid, evals, vocab, info.get("feature_stats", {}))
 
 
-def _same_vocab(specs: Sequence[str], vocab: Vocabulary) -> tuple[list[ShardRecord], Vocabulary]:
+def _same_vocab(specs: Sequence[str], vocab: Vocabulary) -> tuple[RecordTable, Vocabulary]:
     records, v, _ = load_many(specs)
     if v is not None and v.digest() != vocab.digest():
         raise ValueError(f"{specs[0]}: vocabulary {v.digest()} differs from the training set's {vocab.digest()}")

@@ -5,17 +5,29 @@ and validates the sections; each package owns its own). The streams take the sma
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 
 @dataclass(frozen=True)
 class LoaderSettings:
-    """What a stream needs to read batches: their size and DALI's threads and prefetch depth."""
+    """What a stream needs to read batches: their size, DALI's threads and prefetch depth, read-ahead."""
 
     batch_size: int
-    num_threads: int = 2  # DALI CPU threads per process
+    num_threads: Union[int, Literal["auto"]] = "auto"  # DALI CPU threads per process (see dali_threads)
     prefetch: int = 2  # DALI prefetch queue depth
+    readahead: int = 4  # batches whose samples the kernel is asked to read before DALI takes them; 0: off
+
+
+def dali_threads(num_threads: Union[int, Literal["auto"]], step_threads: int) -> int:
+    """DALI's CPU threads for a process: ``num_threads``, or for ``auto`` the cores this process may use
+    (its CPU affinity) shared among the processes on the node (``LOCAL_WORLD_SIZE``, default 1), less the
+    ``step_threads`` the training step keeps busy, and at least 1."""
+    if num_threads != "auto":
+        return int(num_threads)
+    share = len(os.sched_getaffinity(0)) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    return max(1, share - step_threads)
 
 
 @dataclass
@@ -29,8 +41,9 @@ class DataConfig:
     max_batch_per_process: Optional[int] = None  # memory cap: a larger per-process batch accumulates gradients
     weighted: bool = True  # PSLA balanced sampling: draws ∝ weights.csv, with replacement
     num_samples: Optional[int] = None  # draws per epoch; default: training set size
-    num_threads: int = 2  # DALI CPU threads per process
+    num_threads: Union[int, Literal["auto"]] = "auto"  # DALI CPU threads per process; auto: see dali_threads
     prefetch: int = 2  # DALI prefetch queue depth
+    readahead: int = 4  # batches read ahead of DALI into the page cache (0: off)
     on_corrupt: Literal["fail", "skip"] = "skip"  # a training sample that does not decode: stop, or skip and log it
     max_corrupt_fraction: float = 0.001  # stop when more of the training set than this has been skipped
 
@@ -52,7 +65,7 @@ class DataConfig:
 
     def loader(self, batch_size: int) -> LoaderSettings:
         """Loader settings for batches of ``batch_size`` clips."""
-        return LoaderSettings(batch_size, self.num_threads, self.prefetch)
+        return LoaderSettings(batch_size, self.num_threads, self.prefetch, self.readahead)
 
 
 @dataclass

@@ -34,20 +34,24 @@ from trainer.data.audio import SAMPLE_RATE, encode_flac
 from trainer.data.augment import Augmenter, to_device
 from trainer.data.corrupt import CorruptLog
 from trainer.data.features import FrontEnd
-from trainer.data.manifest import ShardBytes, ShardRecord
+from trainer.data.manifest import RecordTable, ShardBytes, ShardRecord
 from trainer.data.sampling import eval_order, train_batches_per_rank, train_order
 from trainer.data.seeding import AUGMENT, SUBSTITUTE, numpy_rng
-from trainer.data.settings import AugmentConfig, LoaderSettings
+from trainer.data.settings import AugmentConfig, LoaderSettings, dali_threads
 
 
 class _Stream:
-    """What both streams share: the DALI pipeline over planned batches of record indices."""
+    """What both streams share: the DALI pipeline over planned batches of record indices.
+
+    ``records``: a :class:`RecordTable` (what ``trainer.data.datasets`` loads), or any sequence of
+    :class:`ShardRecord`, turned into one.
+    """
 
     def __init__(self, records: Sequence[ShardRecord], vocab_size: int, loader: LoaderSettings, frontend: FrontEnd,
                  rank: int, world_size: int, device: torch.device) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
-        self.records = list(records)
+        self.records = records if isinstance(records, RecordTable) else RecordTable.from_records(records)
         self.vocab_size = vocab_size
         self.loader = loader
         self.frontend = frontend
@@ -66,6 +70,9 @@ class _Stream:
         self._workers = 0 if self._gpu else torch.get_num_threads()
         self._pool: ThreadPoolExecutor | None = None
         self._background = self._gpu
+        # DALI's threads: on a CPU the training step and the tail workers keep torch's threads busy; on a GPU
+        # the step needs the one thread that drives it
+        self.num_threads = dali_threads(loader.num_threads, self._workers or 1)
 
     def _submit(self, fn: Any, *args: Any) -> Future:
         """``fn(*args)`` on a tail worker (CPU) or right here (GPU), as a future."""
@@ -79,10 +86,7 @@ class _Stream:
         return self._pool.submit(fn, *args)
 
     def _labels(self, idx: Sequence[int]) -> torch.Tensor:
-        y = np.zeros((len(idx), self.vocab_size), dtype=np.float32)
-        for row, i in enumerate(idx):
-            y[row, list(self.records[i].labels)] = 1.0
-        return to_device(y, self.device)
+        return to_device(self.records.multi_hot(idx, self.vocab_size), self.device)
 
     def _features(self, start: int, stop: int) -> Iterator[tuple[int, list[int], torch.Tensor, torch.Tensor]]:
         """(batch number, record indices, B × mel × frames features, B × classes labels) on the device for batches
@@ -156,14 +160,14 @@ class _Stream:
         from nvidia.dali import fn, pipeline_def, types
 
         def source() -> Iterator[list[np.ndarray]]:
-            for key, idx in plan:
+            for key, idx in self._read_ahead(plan):
                 self._queued.append((key, idx))
-                yield [self._read(self.records[i]) for i in idx]
+                yield [self._member(i) for i in idx]
 
         device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) \
             if self._gpu else None
 
-        @pipeline_def(batch_size=self.loader.batch_size, num_threads=self.loader.num_threads, device_id=device_id,
+        @pipeline_def(batch_size=self.loader.batch_size, num_threads=self.num_threads, device_id=device_id,
                       prefetch_queue_depth=self.loader.prefetch, exec_dynamic=True)
         def graph() -> Any:
             flac = fn.external_source(source=source, batch=True, dtype=types.UINT8, cycle=False)
@@ -172,6 +176,26 @@ class _Stream:
         pipe = graph()
         pipe.build()
         return pipe
+
+    def _member(self, i: int) -> np.ndarray:
+        r = self.records
+        return self._read.member(r.shard(i), int(r.offset[i]), int(r.size[i]))
+
+    def _read_ahead(self, plan: Iterator[tuple[Hashable, list[int]]]) -> Iterator[tuple[Hashable, list[int]]]:
+        """The plan, with each batch's members handed to the kernel to read ``loader.readahead`` batches before
+        DALI takes the batch: on a cold page cache they are read while the batches before them decode, instead
+        of in page faults of DALI's feeding thread one member at a time."""
+        depth = self.loader.readahead
+        window: deque[tuple[Hashable, list[int]]] = deque()
+        r = self.records
+        for key, idx in plan:
+            if depth:
+                for i in idx:
+                    self._read.will_need(r.shard(i), int(r.offset[i]), int(r.size[i]))
+            window.append((key, idx))
+            if len(window) > depth:
+                yield window.popleft()
+        yield from window
 
     def _to_torch(self, tl: Any) -> torch.Tensor:
         """A DALI output batch as one torch tensor, without a copy (it showed in the CPU profile): with the
@@ -187,14 +211,14 @@ class _Stream:
         bad = {}
         for i in dict.fromkeys(i for idx in batches for i in idx):
             try:
-                sf.read(io.BytesIO(self._read(self.records[i]).tobytes()))
+                sf.read(io.BytesIO(self._member(i).tobytes()))
             except Exception as e:  # libsndfile raises several types for corrupt streams
                 bad[i] = str(e)
         if bad:
             return bad
-        keys = [self.records[i].key for i in batches[0]]
+        keys = self.records.keys(batches[0])
         raise RuntimeError(f"DALI failed on a batch of {len(keys)} samples ({keys[:4]}…, shards "
-                           f"{sorted({self.records[i].shard for i in batches[0]})}), none of them corrupt: "
+                           f"{sorted({self.records.shard(i) for i in batches[0]})}), none of them corrupt: "
                            f"{error}") from error
 
     def _corrupt_error(self, bad: dict[int, str]) -> RuntimeError:
@@ -221,11 +245,11 @@ class TrainStream(_Stream):
         self.num_samples = num_samples or len(self.records)
         self.augment = Augmenter(augment, frontend)
         self.corrupt = corrupt
-        self._weights = torch.tensor([r.weight for r in self.records], dtype=torch.double)
-        self._orders: dict[int, list[list[int]]] = {}  # batches of the epochs being planned
+        # the weight column itself where it is a writable float64 array (a copy where it is the cache's map)
+        self._weights = torch.from_numpy(np.require(self.records.weight, np.float64, ["C", "W"]))
+        self._orders: dict[int, np.ndarray] = {}  # batches × batch size record indices of the epochs being planned
         self._bad: set[int] = set()  # record indices known corrupt
         self._cumulative: np.ndarray | None = None  # cumulative weights, for drawing substitutes
-        self._index: dict[str, int] | None = None  # key → record index, built when a corrupt sample is known
 
     def __len__(self) -> int:
         return train_batches_per_rank(self.num_samples, self.loader.batch_size, self.world_size)
@@ -235,20 +259,22 @@ class TrainStream(_Stream):
         if epoch != self.epoch:
             self.epoch, self.position = epoch, 0
 
-    def batches(self, epoch: int | None = None) -> list[list[int]]:
-        """This rank's record indices of ``epoch`` (default: the current one), batch by batch, as drawn
+    def batches(self, epoch: int | None = None) -> np.ndarray:
+        """This rank's record indices of ``epoch`` (default: the current one), one row per batch, as drawn
         (before corrupt samples are replaced)."""
         epoch = self.epoch if epoch is None else epoch
         if epoch not in self._orders:
             order = train_order(self._weights, self.num_samples, self.weighted, self.loader.batch_size,
                                 self.seed, epoch, self.rank, self.world_size)
             self._orders = {e: b for e, b in self._orders.items() if e >= self.epoch}
-            self._orders[epoch] = order.view(-1, self.loader.batch_size).tolist()
+            # an array, not lists of Python ints: an AudioSet-scale epoch is millions of draws
+            self._orders[epoch] = order.view(-1, self.loader.batch_size).contiguous().numpy()
         return self._orders[epoch]
 
-    def _final(self, epoch: int, i: int, idx: list[int]) -> list[int]:
+    def _final(self, epoch: int, i: int, drawn: np.ndarray) -> list[int]:
         """Batch ``i`` of ``epoch`` with each corrupt sample replaced by the first decodable one drawn for
         its slot (as the sampler draws: by weight, or uniformly)."""
+        idx = drawn.tolist()
         if self._bad.isdisjoint(idx):
             return idx
         out = list(idx)
@@ -286,22 +312,20 @@ class TrainStream(_Stream):
     def _refresh(self) -> None:
         """Take in the corrupt samples other ranks (or an earlier run of this one) found."""
         known = self.corrupt.refresh() if self.corrupt is not None else set()
-        if known and self._index is None:
-            self._index = {r.key: i for i, r in enumerate(self.records)}
-        self._bad = {self._index[k] for k in known if k in self._index} if known else set()
+        self._bad = set(self.records.find(known).values())
 
     def _exclude(self, bad: dict[int, str], i: int) -> None:
         if self.corrupt is None:
             raise self._corrupt_error(bad)
         for j, error in bad.items():
-            self.corrupt.add(self.records[j].key, self.records[j].shard, error, self.epoch + 1, i + 1)
+            self.corrupt.add(self.records.key(j), self.records.shard(j), error, self.epoch + 1, i + 1)
         self._refresh()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """The rest of the current epoch (nothing once it is consumed: call set_epoch to move on)."""
         for i, idx, x, y in self._features(self.position, len(self)):
             self.position = i + 1
-            yield {"features": x, "labels": y, "keys": [self.records[j].key for j in idx]}
+            yield {"features": x, "labels": y, "keys": self.records.keys(idx)}
 
     def _post(self, i: int, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.augment(x, y, numpy_rng(self.seed, AUGMENT, self.epoch, i, self.rank))
@@ -345,14 +369,15 @@ class EvalStream(_Stream):
 
     def _exclude(self, bad: dict[int, str], i: int) -> None:
         for j, error in bad.items():
-            self.missing[self.records[j].key] = f"{self.records[j].shard}: {error}"
-            warnings.warn(f"evaluation clip {self.records[j].key} in {self.records[j].shard} does not decode "
-                          f"({error}): left out, and reported with the results", stacklevel=2)
+            key, shard = self.records.key(j), self.records.shard(j)
+            self.missing[key] = f"{shard}: {error}"
+            warnings.warn(f"evaluation clip {key} in {shard} does not decode ({error}): left out, and reported "
+                          "with the results", stacklevel=2)
         self._batches = [[j for j in b if j not in bad] for b in self._batches]
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for _, idx, x, y in self._features(0, len(self._batches)):
-            yield {"features": x, "labels": y, "keys": [self.records[j].key for j in idx]}
+            yield {"features": x, "labels": y, "keys": self.records.keys(idx)}
 
 
 _DONE = object()
