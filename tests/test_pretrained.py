@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import save_file
 from torchvision.models import mobilenet_v2
 
+from trainer.config import ConfigError, load_config
 from trainer.models import build_model
 from trainer.models.imagenet import PretrainedUnavailable
 from trainer.models.settings import ModelConfig
@@ -90,3 +91,21 @@ def test_offline_download_failure_says_how_to_use_a_local_copy(tmp_path):
                                 (mobilenet, "mobilenetv2", "mobilenet_v2-b0353104.pth")):
         assert message.startswith(f"model.pretrained: the ImageNet weights of {name} could not be downloaded")
         assert file in message and "set model.pretrained_file to its local path" in message
+
+
+def test_config_checks(tmp_path):
+    def cfg(*overrides: str, check_paths: bool = False):
+        return load_config(None, [f"data.train=[{tmp_path}]", *overrides], check_paths=check_paths)
+
+    assert cfg("model.pretrained=imagenet").model.pretrained == "imagenet"
+    with pytest.raises(ConfigError, match=r"^model\.pretrained: 'resnet' is not one of 'imagenet'"):
+        cfg("model.pretrained=resnet")
+    with pytest.raises(ConfigError, match=r"^model\.init: .* not both"):
+        cfg("model.pretrained=imagenet", "model.init=runs/x")
+    with pytest.raises(ConfigError, match=r"^model\.pretrained_file: .* set model\.pretrained: imagenet"):
+        cfg("model.pretrained_file=w.pth")
+    with pytest.raises(ConfigError, match=r"^model\.width_mult: .* width_mult 1\.0, got 0\.35"):
+        cfg("model.pretrained=imagenet", "model.width_mult=0.35")
+    assert cfg("model.name=efficientnet_b0", "model.pretrained=imagenet", "model.width_mult=0.35")  # MobileNet's
+    with pytest.raises(ConfigError, match=r"^model\.pretrained_file: .*nope\.pth does not exist"):
+        cfg("model.pretrained=imagenet", f"model.pretrained_file={tmp_path / 'nope.pth'}", check_paths=True)
