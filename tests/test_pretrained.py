@@ -109,3 +109,13 @@ def test_config_checks(tmp_path):
     assert cfg("model.name=efficientnet_b0", "model.pretrained=imagenet", "model.width_mult=0.35")  # MobileNet's
     with pytest.raises(ConfigError, match=r"^model\.pretrained_file: .*nope\.pth does not exist"):
         cfg("model.pretrained=imagenet", f"model.pretrained_file={tmp_path / 'nope.pth'}", check_paths=True)
+
+
+def test_recipes_pretrained_as_their_papers():
+    """PSLA starts from ImageNet, PSL's MobileNetV2 from scratch."""
+    def model(name: str) -> ModelConfig:
+        return load_config(REPO / "configs" / name, check_paths=False).model
+
+    assert model("full_as.yaml").pretrained == model("balanced_as.yaml").pretrained == "imagenet"
+    assert model("psl_teacher_full_as.yaml").pretrained is None
+    assert model("psl_balanced_chunk_2sec.yaml").pretrained is None
