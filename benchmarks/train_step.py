@@ -94,7 +94,7 @@ def training_step(workload: str, cfg: Config, device: torch.device, variant: str
     if flags - VARIANT_FLAGS:
         raise SystemExit(f"unknown variant flag(s) in {variant!r}: {sorted(flags - VARIANT_FLAGS)}")
     def model() -> torch.nn.Module:
-        m = build_model(cfg.model, CLASSES).to(device)
+        m = build_model(cfg.model, CLASSES, load_pretrained=False).to(device)
         if "channels_last" in flags:
             m = m.to(memory_format=torch.channels_last)
         return torch.compile(m) if "compile" in flags else m

@@ -243,6 +243,15 @@ def _validate(cfg: Config, check_paths: bool) -> None:
         raise ConfigError("data.train: at least one dataset is required")
     if not cfg.data.valid and not 0.0 < cfg.data.valid_fraction < 1.0:
         raise ConfigError("data.valid_fraction: must be in (0, 1) when data.valid is empty")
+    if cfg.model.pretrained and cfg.model.init:
+        raise ConfigError("model.init: a run's checkpoint replaces every weight, ImageNet's included; set "
+                          "model.init or model.pretrained, not both (model.pretrained=null to start from model.init)")
+    if cfg.model.pretrained_file and not cfg.model.pretrained:
+        raise ConfigError("model.pretrained_file: a local copy of the ImageNet weights; set model.pretrained: imagenet "
+                          "to use it")
+    if cfg.model.pretrained and cfg.model.name == "mobilenetv2" and cfg.model.width_mult != 1.0:
+        raise ConfigError(f"model.width_mult: torchvision's ImageNet MobileNetV2 weights are for width_mult 1.0, got "
+                          f"{cfg.model.width_mult}; set model.width_mult=1.0 or model.pretrained=null")
     if cfg.evaluation.select_on == "eval" and not cfg.data.eval:
         raise ConfigError("evaluation.select_on: 'eval' needs data.eval")
     try:
@@ -255,6 +264,7 @@ def _validate(cfg: Config, check_paths: bool) -> None:
                 if not spec_exists(spec):
                     raise ConfigError(f"data.{split}[{i}]: {spec} does not exist (build it with tools.build_shards)")
         for key, p in (("psl.teacher", cfg.psl.teacher), ("psl.oracle", cfg.psl.oracle), ("model.init", cfg.model.init),
+                       ("model.pretrained_file", cfg.model.pretrained_file),
                        ("evaluation.strong_labels", cfg.evaluation.strong_labels)):
             if p is not None and not Path(p).exists():
                 raise ConfigError(f"{key}: {p} does not exist")

@@ -41,6 +41,7 @@ from trainer.ensemble import mean_predictions
 from trainer.evaluate import Predictions, predict_chunks, predict_clips
 from trainer.losses import training_loss
 from trainer.models import build_model, load_weights
+from trainer.models.imagenet import PretrainedUnavailable
 from trainer.optim import build_optimizer, build_scheduler
 from trainer.faults import NonFinite, Preempted, Preemption, RunExists, claim_run_dir
 from trainer.psl import ChunkedTeacherStudent, ChunkOracle
@@ -128,7 +129,9 @@ def main(argv: list[str] | None = None) -> dict:
         f"DALI threads per process (data.num_threads: {cfg.data.num_threads})")
 
     # ---- 2. Models -----------------------------------------------------------------------------
-    model = build_model(cfg.model, len(vocab))
+    # One process downloads any ImageNet weights, the others read its cache; a resumed checkpoint has every weight.
+    with accelerator.main_process_first():
+        model = build_model(cfg.model, len(vocab), load_pretrained=checkpoint is None)
     if cfg.model.init:
         load_weights(model, weights_path(cfg.model.init))
     if cfg.train.channels_last:
@@ -146,6 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.train.compile:
         model = torch.compile(model)
     log(f"model: {cfg.model.name}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters"
+        + (f", from {cfg.model.pretrained} weights" if cfg.model.pretrained and checkpoint is None else "")
         + (f"; teacher from {cfg.psl.teacher}, alpha {cfg.psl.alpha}" if cfg.psl.teacher else ""))
 
     # ---- 3. Resume -----------------------------------------------------------------------------
@@ -364,5 +368,5 @@ if __name__ == "__main__":
     except Preempted as e:  # a checkpoint is saved: the run can go on with run.resume=true
         print(e, file=sys.stderr)
         sys.exit(e.code)
-    except (RunExists, NonFinite, SaveFailed, TooManyCorrupt, DeviceError) as e:
+    except (RunExists, NonFinite, SaveFailed, TooManyCorrupt, DeviceError, PretrainedUnavailable) as e:
         sys.exit(f"error: {e}")

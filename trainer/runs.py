@@ -39,7 +39,7 @@ def load_run(run_dir: str | Path, weights: str = "best", device: torch.device | 
     path = run_dir / "models" / f"{weights}.pt"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such weights file; did that run finish training?")
-    model = build_model(cfg.model, len(vocab))
+    model = build_model(cfg.model, len(vocab), load_pretrained=False)
     load_weights(model, path)
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return Run(cfg, build_frontend(cfg.features), vocab, model.to(device).eval(), device)
@@ -56,6 +56,6 @@ def build_teacher(run_dir: str | Path, features: FeatureConfig, vocab: Vocabular
     teacher_vocab = run_dir / VOCABULARY
     if Vocabulary.load(teacher_vocab).digest() != vocab.digest():
         raise ConfigError(f"psl.teacher: {teacher_vocab} is not the data's vocabulary; its outputs mean other classes")
-    teacher = build_model(teacher_cfg.model, len(vocab))
+    teacher = build_model(teacher_cfg.model, len(vocab), load_pretrained=False)
     load_weights(teacher, weights_path(run_dir))
     return teacher.to(device)

@@ -11,16 +11,19 @@ from .mobilenet import MobileNetV2Tagger
 from .settings import ModelConfig
 
 
-def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
+def build_model(cfg: ModelConfig, num_classes: int, load_pretrained: bool = True) -> nn.Module:
     """forward(B × mel × frames) → (clip_probs B × C, frame_probs B × T' × C), both after sigmoid.
 
     T' = ceil(frames / 32). Both backbones average out whatever frequency rows remain, so they take any
-    number of mel bins.
+    number of mel bins. With cfg.pretrained the backbone starts from ImageNet weights (PretrainedUnavailable
+    when they cannot be had); load_pretrained=False skips them where trained weights are loaded over the model
+    next (a finished run, a resumed checkpoint), so that no download is attempted for nothing.
     """
+    imagenet = dict(pretrained=load_pretrained and cfg.pretrained == "imagenet", pretrained_file=cfg.pretrained_file)
     if cfg.name == "mobilenetv2":
-        return MobileNetV2Tagger(num_classes, cfg.width_mult, cfg.dropout)
+        return MobileNetV2Tagger(num_classes, cfg.width_mult, cfg.dropout, **imagenet)
     if cfg.name in ("efficientnet_b0", "efficientnet_b2"):
-        return EfficientNetTagger(cfg.name, num_classes, cfg.att_heads)
+        return EfficientNetTagger(cfg.name, num_classes, cfg.att_heads, **imagenet)
     raise ValueError(f"model.name: unknown model {cfg.name!r}")
 
 

@@ -11,4 +11,12 @@ class ModelConfig:
     width_mult: float = 1.0
     att_heads: int = 4  # EfficientNet attention pooling heads (0: mean pooling)
     dropout: float = 0.2
-    init: Optional[str] = None  # a local checkpoint (a run directory or a weights file)
+    # Where the starting weights come from: at most one of the two (the config check refuses both).
+    # init: a local checkpoint of one of our runs (a run directory or a weights file), the whole model, classifier
+    # included, loaded strictly after building it.
+    init: Optional[str] = None
+    # pretrained: the backbone's ImageNet weights, as PSLA starts; the RGB stem is summed to one channel and the
+    # classifier is ours, freshly initialised. Downloaded by timm/torchvision (cached by them) unless
+    # pretrained_file names a local copy of the file they would fetch (for machines without network access).
+    pretrained: Optional[Literal["imagenet"]] = None
+    pretrained_file: Optional[str] = None
