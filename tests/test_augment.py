@@ -1,6 +1,9 @@
+import numpy as np
+import pytest
 import torch
+import torchaudio
 
-from trainer.data.augment import Augmenter
+from trainer.data.augment import Augmenter, mix
 from trainer.data.features import build_frontend
 from trainer.data.seeding import AUGMENT, numpy_rng
 from trainer.data.settings import AugmentConfig, FeatureConfig
@@ -75,3 +78,114 @@ def test_off_is_identity():
     x, y = batch()
     out, yo = Augmenter(AugmentConfig(), FE)(x, y, rng(0, 0, 0))
     assert out is x and yo is y
+
+
+# ---- waveform mixup (mixup_domain: waveform) ----
+
+CLIP = 1.0
+
+
+def clips():
+    """Three decoded clips in 16-bit samples, shorter than, longer than and as long as the clip, with DC."""
+    from tests.shardkit import realistic_audio
+
+    return [torch.from_numpy(np.round(realistic_audio(seed, sec) * 32767).astype(np.int16))
+            for seed, sec in ((1, 0.7), (2, 1.3), (3, 1.0))]
+
+
+def fit(x, n):
+    return x[..., :n] if x.shape[-1] >= n else torch.nn.functional.pad(x, (0, n - x.shape[-1]))
+
+
+def dali_outputs(frontend, waves):
+    """What the front-end's CPU DALI graph gives for these decoded clips: the samples fitted to the clip
+    (and for kaldi_fbank each clip's mean over its whole decoded length, and that length)."""
+    pcm = torch.stack([fit(w, frontend.clip_samples) for w in waves])
+    if frontend.name == "mel64":
+        return [pcm]
+    return [pcm, torch.stack([w.double().mean().float() for w in waves]), torch.tensor([[len(w)] for w in waves])]
+
+
+def psla_mix(waves, i, j, lam, n):
+    """PSLA's mixed waveform (in [-1, 1]), by hand: each clip's mean removed, mixed, the mix's mean removed
+    over the mixed length (the longer clip's, within the n-sample clip)."""
+    a, b = (fit(w.double() / 32768 - w.double().mean() / 32768, n) for w in (waves[i], waves[j]))
+    mix = lam * a + (1 - lam) * b
+    m = min(max(len(waves[i]), len(waves[j])), n)
+    mix[:m] -= mix[:m].mean()
+    return mix.float()
+
+
+def kaldi_ref(frontend, wave):
+    fb = torchaudio.compliance.kaldi.fbank(wave[None], htk_compat=True, use_energy=False, window_type="hanning",
+                                           num_mel_bins=128, dither=0.0, frame_shift=10, remove_dc_offset=False).T
+    return (fit(fb, frontend.num_frames) - frontend.norm_mean) / frontend.norm_std
+
+
+def mel64_ref(wave):
+    mel = torchaudio.transforms.MelSpectrogram(16000, n_fft=512, win_length=512, hop_length=160, n_mels=64)
+    return torchaudio.transforms.AmplitudeToDB(top_db=120)(mel(wave[None]))[0]
+
+
+PARTNER, LAM = torch.tensor([1, 0, 0]), torch.tensor([0.7, 0.4, 1.0])  # clip 2 not mixed
+
+
+@pytest.mark.parametrize("name", ["kaldi_fbank", "mel64"])
+def test_waveform_mixup_is_the_features_of_the_mixed_waveform(name):
+    """finish(mix_waveforms(outputs)) against the reference features (torchaudio's) of the waveform mixed by
+    hand: PSLA's mean removals for kaldi_fbank (Kaldi's per-frame DC removal off, as the front-end), the
+    samples as they are for mel64; an unmixed clip's features are exactly those without mixup."""
+    frontend = build_frontend(FeatureConfig(frontend=name, clip_seconds=CLIP, target_frames=120 if name == "kaldi_fbank"
+                                            else None))
+    waves = clips()
+    out = dali_outputs(frontend, waves)
+    got = frontend.finish(frontend.mix_waveforms(out, PARTNER, LAM))
+    n = frontend.clip_samples
+    for i in range(2):
+        j, lam = int(PARTNER[i]), float(LAM[i])
+        if name == "kaldi_fbank":
+            ref = kaldi_ref(frontend, psla_mix(waves, i, j, lam, n))  # normalised units
+        else:
+            ref = mel64_ref(lam * fit(waves[i].float(), n) / 32768 + (1 - lam) * fit(waves[j].float(), n) / 32768)
+        d = (got[i] - ref).abs()
+        print(f"{name} clip {i}: mean {d.mean():.2e} max {d.max():.2e}")
+        assert d.mean() < 1e-5 and d.max() < 1e-3
+    assert torch.equal(got[2], frontend.finish(out)[2])
+
+
+@pytest.mark.parametrize("name", ["kaldi_fbank", "mel64"])
+def test_waveform_mixup_draws_first_and_mixes_labels_with_the_same_lambda(name):
+    """The Augmenter draws (partner, λ) first, as the feature mode draws them (rate, Beta, partner), mixes the
+    front-end's outputs and the labels with them, and leaves the features unmixed afterwards."""
+    frontend = build_frontend(FeatureConfig(frontend=name, clip_seconds=CLIP))
+    waves = clips() * 2
+    out = dali_outputs(frontend, waves)
+    _, y = batch(b=len(waves))
+    cfg = AugmentConfig(mixup=0.5, mixup_domain="waveform")
+    aug = Augmenter(cfg, frontend)
+    g, expected = rng(4, 1, 2), rng(4, 1, 2)
+    mixed_out, ym = aug.mix_waveforms(out, y, g)
+    mixed = expected.random(6) < 0.5
+    lam = torch.from_numpy(np.where(mixed, expected.beta(10.0, 10.0, 6), 1.0)).float()
+    partner = torch.from_numpy(expected.integers(0, 6, 6))
+    assert 0 < mixed.sum() < 6
+    assert g.random() == expected.random()  # nothing else drawn
+    for a, b in zip(mixed_out, frontend.mix_waveforms(out, partner, lam)):
+        assert torch.equal(a, b)
+    assert torch.allclose(ym, lam[:, None] * y + (1 - lam[:, None]) * y[partner], atol=1e-6)
+    x = frontend.finish(mixed_out)
+    xo, yo = aug(x, ym, g)
+    assert xo is x and yo is ym  # no feature mixup on top
+    same, yo = Augmenter(AugmentConfig(mixup=0.5), frontend).mix_waveforms(out, y, g)
+    assert same is out and yo is y  # features mode: nothing done before the features
+
+
+def test_feature_mixup_draws_as_before():
+    """Feature mode's draws, in the order they always had (rate, Beta, partner): its batches are unchanged."""
+    x, y = batch()
+    expected = rng(6, 2, 1)
+    mixed = expected.random(8) < 0.5
+    lam = np.where(mixed, expected.beta(10.0, 10.0, 8), 1.0)
+    want = mix(x, y, expected.integers(0, 8, 8), lam)
+    got = Augmenter(AugmentConfig(mixup=0.5), FE)(x, y, rng(6, 2, 1))
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

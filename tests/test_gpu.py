@@ -23,6 +23,7 @@ from trainer.data.streams import EvalStream, TrainStream, check_gpu_frontend
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
 FRONTENDS = ("kaldi_fbank", "mel64")
+GPU_CPU_LIMITS = {"kaldi_fbank": (1e-3, 0.05), "mel64": (0.1, 3.0)}  # mean and max, normalised units / dB
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,30 @@ def test_gpu_features_match_cpu_features(clips, name):
                               for k, f in zip(b["keys"], b["features"].cpu())}
     d = torch.stack([(feats["cuda"][k] - feats["cpu"][k]).abs() for k in feats["cpu"]])
     print(f"{name} GPU vs CPU: mean {d.mean():.2e} max {d.max():.2e}")
-    limits = {"kaldi_fbank": (1e-3, 0.05), "mel64": (0.1, 3.0)}[name]  # normalised units / dB
+    limits = GPU_CPU_LIMITS[name]
+    assert d.mean() < limits[0] and d.max() < limits[1]
+
+
+@pytest.mark.parametrize("name", FRONTENDS)
+def test_waveform_mixup_on_cuda_matches_the_cpu_path(clips, name):
+    """With waveform mixup DALI moves the decoded samples to the device and the torch tail mixes them and
+    computes the features there: the CPU stream's batches (same seed, same draws) up to the FFTs' rounding."""
+    aug = AugmentConfig(freqm=8, timem=20, mixup=0.5, mixup_domain="waveform")
+    batches = {}
+    for device in (CPU, CUDA):
+        stream = TrainStream(clips, 5, LoaderSettings(4, num_threads=2), _frontend(name), aug, 3, 0, 1, device,
+                             num_samples=12)
+        batches[device.type] = list(stream)
+    assert batches["cuda"][0]["features"].device.type == "cuda"
+    assert len(batches["cpu"]) == len(batches["cuda"]) == 3
+    diffs = []
+    for cpu, cuda in zip(batches["cpu"], batches["cuda"]):
+        assert cpu["keys"] == cuda["keys"]
+        assert torch.allclose(cpu["labels"], cuda["labels"].cpu(), atol=1e-6)
+        diffs.append((cuda["features"].cpu() - cpu["features"]).abs())
+    d = torch.cat(diffs)
+    print(f"{name} waveform mixup, GPU vs CPU: mean {d.mean():.2e} max {d.max():.2e}")
+    limits = GPU_CPU_LIMITS[name]
     assert d.mean() < limits[0] and d.max() < limits[1]
 
 

@@ -1,6 +1,7 @@
 """Streams end to end on tiny shard sets: resume, rank coverage (in-process and two real processes),
 dataset resolution and the bad-input errors."""
 import contextlib
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,9 +10,11 @@ import torch
 
 from runkit import launch
 from tests.shardkit import make_dataset
+from trainer.data.augment import Augmenter
 from trainer.data.corrupt import CorruptLog, TooManyCorrupt
 from trainer.data.datasets import in_holdout, load_records, resolve_splits
 from trainer.data.features import build_frontend
+from trainer.data.seeding import AUGMENT, numpy_rng
 from trainer.data.settings import AugmentConfig, DataConfig, FeatureConfig, LoaderSettings
 from trainer.data.streams import EvalStream, TrainStream
 
@@ -217,3 +220,55 @@ def test_background_feed_gives_the_same_batches(ds):
     assert background.state_dict() == {"epoch": 2, "position": 3}
     inline.set_epoch(2)
     assert [b["keys"] for b in background] == [b["keys"] for b in list(inline)[3:]]
+
+
+WAVE_AUG = AugmentConfig(freqm=8, timem=20, mixup=0.5, time_shift=0.2, gain_db=3.0, mixup_domain="waveform")
+
+
+def _frontend(name):
+    return build_frontend(FeatureConfig(frontend=name, clip_seconds=1.0,
+                                        target_frames=100 if name == "kaldi_fbank" else None))
+
+
+def _batches(records, frontend, aug, seed=11):
+    stream = TrainStream(records, 5, LoaderSettings(batch_size=4), frontend, aug, seed, 0, 1, CPU, num_samples=12)
+    stream.set_epoch(1)
+    return list(stream)
+
+
+def _by_hand(records, frontend, aug, seed=11):
+    """The batches as the stream should make them from DALI's outputs: waveform mixup, the front-end's tail,
+    then the rest of the augmentation, all drawn from batch i's generator."""
+    plain = TrainStream(records, 5, LoaderSettings(batch_size=4), frontend, AugmentConfig(), seed, 0, 1, CPU,
+                        num_samples=12)
+    plain.set_epoch(1)
+    augmenter, out = Augmenter(aug, frontend), []
+    for i in range(len(plain)):
+        dali, idx = plain._run(i)
+        dali = [t.clone() for t in dali]  # DALI's buffers belong to the batch
+        rng = numpy_rng(seed, AUGMENT, 1, i, 0)
+        mixed, y = augmenter.mix_waveforms(dali, plain._labels(idx), rng)
+        out.append(augmenter(frontend.finish(mixed), y, rng))
+    return out
+
+
+@pytest.mark.parametrize("name", ["kaldi_fbank", "mel64"])
+def test_waveform_mixup_batches(ds, name):
+    """mixup_domain waveform: the stream mixes DALI's outputs before the tail with batch i's generator (bit for
+    bit the batches made by hand), deterministically for a seed; it gives other batches than feature mixup,
+    whose batches are still the features augmented as before."""
+    records = load_records(str(ds))[0]
+    frontend = _frontend(name)
+    wave = _batches(records, frontend, WAVE_AUG)
+    assert len(wave) == 3
+    for got, want in zip(wave, _by_hand(records, frontend, WAVE_AUG)):
+        assert torch.equal(got["features"], want[0]) and torch.equal(got["labels"], want[1])
+    again = _batches(records, frontend, WAVE_AUG)
+    assert all(torch.equal(a["features"], b["features"]) for a, b in zip(wave, again))
+    assert not torch.equal(_batches(records, frontend, WAVE_AUG, seed=12)[0]["features"], wave[0]["features"])
+    feature_aug = dataclasses.replace(WAVE_AUG, mixup_domain="features")
+    feature = _batches(records, frontend, feature_aug)
+    assert [b["keys"] for b in feature] == [b["keys"] for b in wave]
+    assert not any(torch.equal(a["features"], b["features"]) for a, b in zip(wave, feature))
+    for got, want in zip(feature, _by_hand(records, frontend, feature_aug)):
+        assert torch.equal(got["features"], want[0]) and torch.equal(got["labels"], want[1])

@@ -1,18 +1,23 @@
-"""Training augmentation on a feature batch, on the batch's device.
+"""Training augmentation of a batch, on the batch's device.
 
 Every random number of a batch comes from the generator the stream passes in, seeded by (seed, epoch, step,
 rank) and drawn on the host (a few per clip), so a resumed run reproduces the same augmentation on any device.
 
-Mixup: PSLA mixes waveforms before the fbank; we mix the (log-mel) features of the batch, which keeps
-the whole batch on the device and needs no second decode. Partners come from the same batch.
+Mixup (``mixup_domain``): ``waveform`` mixes the batch's decoded waveforms before the front-end computes
+the features, as PSLA does (:meth:`Augmenter.mix_waveforms`; how a front-end's samples mix, e.g. PSLA's mean
+removal, is the front-end's :meth:`FrontEnd.mix_waveforms`); ``features`` mixes the (log-mel) features
+after it, a cheaper approximation (the log of a mixed spectrum is not the mix of the logs). Either way the
+partners come from the same batch (PSLA draws them from the whole dataset), so nothing is decoded twice.
 SpecAugment masks are filled with 0, the normalised features' mean (PSLA masks before normalising).
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 
-from trainer.data.features import FrontEnd
+from trainer.data.features import FrontEnd, lerp_rows
 from trainer.data.settings import AugmentConfig
 
 
@@ -25,6 +30,22 @@ class Augmenter:
     def active(self) -> bool:
         c = self.cfg
         return any(v > 0 for v in (c.freqm, c.timem, c.mixup, c.batch_mixup_alpha, c.time_shift, c.gain_db))
+
+    @property
+    def mixes_waveforms(self) -> bool:
+        """Whether mixup mixes the decoded waveforms (:meth:`mix_waveforms`) rather than the features."""
+        return self.cfg.mixup > 0 and self.cfg.mixup_domain == "waveform"
+
+    def mix_waveforms(self, outputs: Sequence[torch.Tensor], y: torch.Tensor,
+                      rng: np.random.Generator) -> tuple[Sequence[torch.Tensor], torch.Tensor]:
+        """Waveform mixup of a batch's DALI outputs (before the front-end's :meth:`FrontEnd.finish`) and of
+        its labels ``y`` (B × C) with the same λ, drawn from ``rng`` before :meth:`__call__`'s draws; in
+        the features domain the outputs and labels as they are, and nothing drawn."""
+        if not self.mixes_waveforms or y.shape[0] == 0:
+            return outputs, y
+        partner, lam = self._mixup_draws(rng, y.shape[0])
+        p, w = to_device(partner, y.device, torch.long), to_device(lam, y.device, torch.float32)
+        return self.frontend.mix_waveforms(outputs, p, w), lerp_rows(y, p, w.to(y.dtype))
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Augment features ``x`` (B × M × T) and labels ``y`` (B × C) with draws from ``rng``. The inputs are
@@ -39,10 +60,8 @@ class Augmenter:
             x, copied = x + self.frontend.gain_offset(db)[:, None, None], True
         if c.time_shift > 0:
             x, copied = roll_time(x, rng, self.frontend.frames(c.time_shift)), True
-        if c.mixup > 0:
-            mixed = rng.random(x.shape[0]) < c.mixup
-            lam = np.where(mixed, rng.beta(c.mixup_alpha, c.mixup_alpha, x.shape[0]), 1.0)
-            (x, y), copied = mix(x, y, rng.integers(0, x.shape[0], x.shape[0]), lam), True
+        if c.mixup > 0 and c.mixup_domain == "features":
+            (x, y), copied = mix(x, y, *self._mixup_draws(rng, x.shape[0])), True
         if c.batch_mixup_alpha > 0:
             lam = rng.beta(c.batch_mixup_alpha, c.batch_mixup_alpha, x.shape[0])
             (x, y), copied = mix(x, y, rng.permutation(x.shape[0]), lam), True
@@ -51,6 +70,15 @@ class Augmenter:
         if c.timem > 0:
             x = mask_axis(x if copied else x.clone(), rng, c.timem, axis=2)
         return x, y
+
+    def _mixup_draws(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(partner, λ) of PSLA's mixup for ``n`` clips: each clip mixed at rate ``mixup``, with λ ~ Beta(α, α)
+        (λ = 1: not mixed) and a partner from the batch. The draws' order is fixed: batches of a seed stay the
+        same."""
+        c = self.cfg
+        mixed = rng.random(n) < c.mixup
+        lam = np.where(mixed, rng.beta(c.mixup_alpha, c.mixup_alpha, n), 1.0)
+        return rng.integers(0, n, n), lam
 
 
 def to_device(a: np.ndarray, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -69,10 +97,7 @@ def _dev(a: np.ndarray, like: torch.Tensor) -> torch.Tensor:
 def mix(x: torch.Tensor, y: torch.Tensor, partner: np.ndarray, lam: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Clip i becomes λᵢ·clipᵢ + (1−λᵢ)·clip[partnerᵢ], features and labels alike (new tensors)."""
     p = to_device(partner, x.device, torch.long)
-    # lerp(a, b, w) = a + w·(b − a), exactly b at w = 1: one pass over the gathered partners
-    x = x[p].lerp_(x, _dev(lam, x)[:, None, None])
-    y = y[p].lerp_(y, _dev(lam, y)[:, None])
-    return x, y
+    return lerp_rows(x, p, _dev(lam, x)), lerp_rows(y, p, _dev(lam, y))
 
 
 def mask_axis(x: torch.Tensor, rng: np.random.Generator, width: int, axis: int) -> torch.Tensor:

@@ -19,6 +19,9 @@ Where each step runs: on a GPU, DALI decodes (and removes the mean) on the CPU a
 spectrogram on the device (for mel64 also the mel and dB), and the torch tail the rest on the device.
 On a CPU, DALI only decodes to 16-bit samples in its threads and the torch tail does everything else,
 on the stream's worker threads: DALI's CPU spectrogram was slower than torch's FFT (benchmarks/NOTES.md).
+Waveform mixup (``augment.mixup_domain: waveform``) needs the samples before the features: the training
+stream mixes DALI's sample outputs (:meth:`FrontEnd.mix_waveforms`) before the tail, and on a GPU DALI then
+decodes as on a CPU and moves the samples to the device, where the same torch tail computes the features.
 """
 from __future__ import annotations
 
@@ -57,15 +60,35 @@ class FrontEnd(ABC):
     def num_frames(self) -> int:
         """Frames of a clip's features (fixed: clips are cropped or padded to ``clip_samples``)."""
 
-    @abstractmethod
-    def graph(self, flac: Any, gpu: bool) -> tuple[Any, ...]:
+    def graph(self, flac: Any, gpu: bool, waveforms: bool = False) -> tuple[Any, ...]:
         """DALI ops from a batch of FLAC byte arrays to this front-end's DALI outputs, for :meth:`finish`.
-        On a CPU, DALI only decodes: the outputs are the 16-bit samples cropped or zero-padded to the clip
-        length (and what the tail needs besides)."""
+        On a CPU, and on a GPU with ``waveforms`` (the samples are mixed before the features), DALI only
+        decodes: the outputs are the 16-bit samples cropped or zero-padded to the clip length and what the
+        tail needs besides (:meth:`_decode_graph`), on the GPU moved to the device. Otherwise on a GPU, DALI
+        computes the spectrogram on the device (:meth:`_device_graph`)."""
+        if gpu and not waveforms:
+            return self._device_graph(flac)
+        outputs = self._decode_graph(flac)
+        return tuple(o.gpu() for o in outputs) if gpu else outputs
+
+    @abstractmethod
+    def _decode_graph(self, flac: Any) -> tuple[Any, ...]:
+        """DALI's decode: the fitted 16-bit samples first, then what :meth:`finish` needs besides."""
+
+    @abstractmethod
+    def _device_graph(self, flac: Any) -> tuple[Any, ...]:
+        """DALI's GPU graph: decoded on the CPU, the spectrogram (or more) computed on the device."""
 
     @abstractmethod
     def finish(self, outputs: Sequence[torch.Tensor]) -> torch.Tensor:
         """The torch tail on the batch's device, from :meth:`graph`'s outputs → B × mel × frames features."""
+
+    @abstractmethod
+    def mix_waveforms(self, outputs: Sequence[torch.Tensor], partner: torch.Tensor,
+                      lam: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Waveform mixup of :meth:`_decode_graph`'s outputs (on any device), as outputs for :meth:`finish`:
+        clip i becomes λᵢ·clipᵢ + (1−λᵢ)·clip[partnerᵢ] (``partner`` and ``lam``, float32, on the outputs'
+        device); a clip with λᵢ = 1 is not mixed and its features are exactly those without mixup."""
 
     @abstractmethod
     def gain_offset(self, db: torch.Tensor) -> torch.Tensor:
@@ -109,13 +132,17 @@ class KaldiFbank(FrontEnd):
     def num_frames(self) -> int:
         return self.target_frames
 
-    def graph(self, flac: Any, gpu: bool) -> tuple[Any, ...]:
-        """GPU: the B × freq × time power spectrogram. CPU: the samples, each clip's mean and decoded length."""
+    def _decode_graph(self, flac: Any) -> tuple[Any, ...]:
+        """The samples, each clip's mean and decoded length (over the whole clip, before the crop)."""
         from nvidia.dali import fn, types
 
-        if not gpu:
-            pcm, _ = fn.decoders.audio(flac, sample_rate=SAMPLE_RATE, downmix=True, dtype=types.INT16)
-            return self._fit(pcm), fn.reductions.mean(pcm, dtype=types.FLOAT), pcm.shape()
+        pcm, _ = fn.decoders.audio(flac, sample_rate=SAMPLE_RATE, downmix=True, dtype=types.INT16)
+        return self._fit(pcm), fn.reductions.mean(pcm, dtype=types.FLOAT), pcm.shape()
+
+    def _device_graph(self, flac: Any) -> tuple[Any, ...]:
+        """The B × freq × time power spectrogram."""
+        from nvidia.dali import fn, types
+
         audio, _ = fn.decoders.audio(flac, sample_rate=SAMPLE_RATE, downmix=True, dtype=types.FLOAT)
         audio = audio - fn.reductions.mean(audio)  # PSLA removes the clip's mean before fbank
         audio = fn.preemphasis_filter(self._fit(audio).gpu(), preemph_coeff=0.97, border="clamp")
@@ -126,19 +153,34 @@ class KaldiFbank(FrontEnd):
         if outputs[0].dim() == 3:  # GPU: the power spectrogram
             return self._normalise(self._log_mel(outputs[0]))
         pcm, mean, length = outputs
-        feats = torch.empty(pcm.shape[0], self.num_mels, self.num_frames)
-        for i in range(0, pcm.shape[0], _CPU_CHUNK):
-            wave = pcm[i:i + _CPU_CHUNK].float()  # in 16-bit units: the window scales
-            wave = _kaldi_waveform(wave, mean[i:i + _CPU_CHUNK], length[i:i + _CPU_CHUNK, 0])
-            self._normalise(self._log_mel(self._power_spectrogram(wave)), out=feats[i:i + _CPU_CHUNK])
+        feats = torch.empty(pcm.shape[0], self.num_mels, self.num_frames, device=pcm.device)
+        step = _chunk(pcm)
+        for i in range(0, pcm.shape[0], step):
+            # in 16-bit units (or a mix of them): the window scales
+            wave = _kaldi_waveform(pcm[i:i + step], mean[i:i + step], length[i:i + step, 0])
+            self._normalise(self._log_mel(self._power_spectrogram(wave)), out=feats[i:i + step])
         return feats
+
+    def mix_waveforms(self, outputs: Sequence[torch.Tensor], partner: torch.Tensor,
+                      lam: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """PSLA's: each clip's mean over its decoded length removed, the clips mixed, and the mix's mean over
+        its decoded length (the longer of the two) left for :meth:`finish` to remove. PSLA cuts the partner to
+        the clip's own length; here both are fitted to the clip length first, so a longer partner's samples
+        past the end of a shorter clip stay in the mix."""
+        pcm, mean, length = outputs
+        mix = lerp_rows(_centre(pcm, mean, length[:, 0]), partner, lam)  # at λ = 1 exactly the centred clip
+        mixed = lam < 1
+        mix_length = torch.where(mixed[:, None], torch.maximum(length, length[partner]), length)
+        # an unmixed clip is centred already: with a mean of 0 its features are exactly those without mixup
+        mix_mean = torch.where(mixed, mix.sum(dim=1) / mix_length[:, 0].clamp(max=pcm.shape[1]), 0.0)
+        return mix, mix_mean, mix_length
 
     def log_mel(self, pcm: torch.Tensor) -> torch.Tensor:
         """One clip's 16-bit samples (any length ≥ 400) → its 128 × frames log-mel, before normalisation
         and padding: what the dataset statistics (tools.shard_stats) are computed over."""
-        wave = pcm.float()[None]
-        mean = wave.double().mean(dim=1).float()
-        return self._log_mel(self._power_spectrogram(_kaldi_waveform(wave, mean, torch.tensor([wave.shape[1]]))))[0]
+        mean = pcm.double().mean()[None].float()
+        wave = _kaldi_waveform(pcm[None], mean, torch.tensor([pcm.shape[0]]))
+        return self._log_mel(self._power_spectrogram(wave))[0]
 
     def _log_mel(self, power: torch.Tensor) -> torch.Tensor:
         return self._mel(power).clamp_(min=_EPS).log_()
@@ -202,14 +244,17 @@ class Mel64(FrontEnd):
     def num_frames(self) -> int:
         return 1 + self.clip_samples // HOP  # centred frames
 
-    def graph(self, flac: Any, gpu: bool) -> tuple[Any, ...]:
-        """GPU: the finished B × mel × time features. CPU: the samples."""
+    def _decode_graph(self, flac: Any) -> tuple[Any, ...]:
+        """The samples."""
         from nvidia.dali import fn, types
 
-        if not gpu:
-            pcm, _ = fn.decoders.audio(flac, sample_rate=SAMPLE_RATE, downmix=True, dtype=types.INT16)
-            return (self._fit(pcm),)
+        pcm, _ = fn.decoders.audio(flac, sample_rate=SAMPLE_RATE, downmix=True, dtype=types.INT16)
+        return (self._fit(pcm),)
+
+    def _device_graph(self, flac: Any) -> tuple[Any, ...]:
+        """The finished B × mel × time features."""
         import nvidia.dali.math as dmath
+        from nvidia.dali import fn, types
 
         audio, _ = fn.decoders.audio(flac, sample_rate=SAMPLE_RATE, downmix=True, dtype=types.FLOAT)
         spec = fn.spectrogram(self._fit(audio).gpu(), nfft=512, window_length=512, window_step=HOP,
@@ -225,12 +270,18 @@ class Mel64(FrontEnd):
         if outputs[0].dim() == 3:  # GPU: finished in DALI
             return outputs[0]
         pcm = outputs[0]
-        feats = torch.empty(pcm.shape[0], self.num_mels, self.num_frames)
-        for i in range(0, pcm.shape[0], _CPU_CHUNK):
-            power = self._power_spectrogram(pcm[i:i + _CPU_CHUNK].float())  # in 16-bit units: the window scales
+        feats = torch.empty(pcm.shape[0], self.num_mels, self.num_frames, device=pcm.device)
+        step = _chunk(pcm)
+        for i in range(0, pcm.shape[0], step):
+            power = self._power_spectrogram(pcm[i:i + step].float())  # in 16-bit units: the window scales
             db = self._mel(power).clamp_(min=1e-10).log10_().mul_(10.0)
-            torch.maximum(db, db.amax(dim=(1, 2), keepdim=True) - 120.0, out=feats[i:i + _CPU_CHUNK])
+            torch.maximum(db, db.amax(dim=(1, 2), keepdim=True) - 120.0, out=feats[i:i + step])
         return feats
+
+    def mix_waveforms(self, outputs: Sequence[torch.Tensor], partner: torch.Tensor,
+                      lam: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The samples as they are (PSL's front-end removes no mean); at λ = 1 lerp gives the clip exactly."""
+        return (lerp_rows(outputs[0].float(), partner, lam),)
 
     def _power_spectrogram(self, wave: torch.Tensor) -> torch.Tensor:
         """As :meth:`KaldiFbank._power_spectrogram`, with torchaudio's centred, reflect-padded STFT."""
@@ -267,12 +318,33 @@ def _clip_samples(cfg: FeatureConfig) -> int:
     return int(round(cfg.clip_seconds * SAMPLE_RATE))
 
 
-def _kaldi_waveform(wave: torch.Tensor, mean: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
-    """PSLA's ``wave − wave.mean()`` over each clip's decoded samples (the zero padding stays 0), then
-    Kaldi's pre-emphasis, y[t] = x[t] − 0.97·x[t−1] with x[−1] = x[0] (the first window tap is 0, so this
-    whole-signal filter equals Kaldi's per-frame one)."""
-    for row, (m, n) in enumerate(zip(mean.tolist(), length.tolist())):
-        wave[row, :n].sub_(m)
+def lerp_rows(t: torch.Tensor, partner: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """Mixup of a batch's rows (features, labels or samples): row i becomes λᵢ·tᵢ + (1−λᵢ)·t[partnerᵢ], a new
+    tensor; ``partner`` and ``lam`` (of ``t``'s dtype) on ``t``'s device."""
+    # lerp(a, b, w) = a + w·(b − a), exactly b at w = 1: one pass over the gathered partners
+    return t[partner].lerp_(t, lam.view(-1, *[1] * (t.dim() - 1)))
+
+
+def _chunk(pcm: torch.Tensor) -> int:
+    """Clips per step of the tail: a few on a CPU (see _CPU_CHUNK), the whole batch in one go on a GPU."""
+    return _CPU_CHUNK if pcm.device.type == "cpu" else max(1, pcm.shape[0])
+
+
+def _centre(pcm: torch.Tensor, mean: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+    """PSLA's ``wave − wave.mean()`` over each clip's first ``length`` samples, the zero padding left 0, as a
+    new float tensor."""
+    wave = pcm.to(torch.float32, copy=True).sub_(mean[:, None])
+    if wave.device.type != "cpu":  # a mask: slicing by the lengths would read them back from the device
+        return wave.masked_fill_(torch.arange(wave.shape[1], device=wave.device) >= length[:, None], 0.0)
+    for row, n in enumerate(length.tolist()):  # on a CPU several times cheaper than building the mask
+        wave[row, n:] = 0.0
+    return wave
+
+
+def _kaldi_waveform(pcm: torch.Tensor, mean: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+    """:func:`_centre`, then Kaldi's pre-emphasis, y[t] = x[t] − 0.97·x[t−1] with x[−1] = x[0] (the first
+    window tap is 0, so this whole-signal filter equals Kaldi's per-frame one)."""
+    wave = _centre(pcm, mean, length)
     out = torch.empty_like(wave)
     torch.mul(wave[:, :-1], 0.97, out=out[:, 1:])  # rounded before the subtraction, as Kaldi (no fused a − αb)
     torch.sub(wave[:, 1:], out[:, 1:], out=out[:, 1:])

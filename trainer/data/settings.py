@@ -83,6 +83,8 @@ class AugmentConfig:
     timem: int = 0  # SpecAugment time mask width (PSLA 192)
     mixup: float = 0.0  # PSLA mixup rate: the fraction of clips mixed with another
     mixup_alpha: float = 10.0  # λ ~ Beta(alpha, alpha)
+    # what mixup mixes: the decoded waveforms before the front-end (PSLA) or the batch's features
+    mixup_domain: Literal["waveform", "features"] = "features"
     batch_mixup_alpha: float = 0.0  # >0: every clip mixed with a permuted partner, λ ~ Beta(α, α)
     time_shift: float = 0.0  # max random roll, seconds
     gain_db: float = 0.0  # max random gain, ± dB

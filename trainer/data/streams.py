@@ -3,10 +3,10 @@
 Each sample's FLAC bytes are read straight from its tar shard through the manifest's offset/size
 (one read-only memory map per shard, kept open) and handed to DALI by an external_source batch
 iterator; DALI decodes and crops/pads, and the front-end's features come from DALI on the GPU when the
-stream's device is CUDA, or from a torch tail on worker threads on a CPU (features.py says which step
-runs where). The order of samples is a pure function of (seed, epoch, rank) and augmentation of
-(seed, epoch, step, rank), so resuming skips the consumed batches without decoding them, and batches
-are the same whatever the number of worker threads.
+stream's device is CUDA (with waveform mixup, from the torch tail on the device, after the mix), or from a
+torch tail on worker threads on a CPU (features.py says which step runs where). The order of samples is a
+pure function of (seed, epoch, rank) and augmentation of (seed, epoch, step, rank), so resuming skips the
+consumed batches without decoding them, and batches are the same whatever the number of worker threads.
 
 A sample DALI cannot decode is found by decoding the failed batches' samples again with soundfile. In
 training it is skipped (with a :class:`CorruptLog`) or stops the run naming it; its place in a batch goes
@@ -70,6 +70,7 @@ class _Stream:
         self._workers = 0 if self._gpu else torch.get_num_threads()
         self._pool: ThreadPoolExecutor | None = None
         self._background = self._gpu
+        self._waveforms = False  # whether DALI hands the tail samples on a GPU too (waveform mixup)
         # DALI's threads: on a CPU the training step and the tail workers keep torch's threads busy; on a GPU
         # the step needs the one thread that drives it
         self.num_threads = dali_threads(loader.num_threads, self._workers or 1)
@@ -113,11 +114,12 @@ class _Stream:
         if out is None:  # an eval rank's empty batch; DALI cannot run an empty batch
             return torch.zeros(0, self.frontend.num_mels, self.frontend.num_frames, device=self.device), \
                 self._labels([])
-        return self._post(i, self.frontend.finish(out), self._labels(idx))
+        return self._post(i, out, self._labels(idx))
 
-    def _post(self, i: int, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """What a stream does to batch ``i`` after the features (training: augmentation)."""
-        return x, y
+    def _post(self, i: int, out: Sequence[torch.Tensor], y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch ``i``'s features and labels from DALI's outputs ``out`` and the labels ``y`` (training: with
+        augmentation)."""
+        return self.frontend.finish(out), y
 
     def _key(self, i: int) -> Hashable:
         """Identity of batch ``i`` of the current pass, as the plan names it."""
@@ -171,7 +173,7 @@ class _Stream:
                       prefetch_queue_depth=self.loader.prefetch, exec_dynamic=True)
         def graph() -> Any:
             flac = fn.external_source(source=source, batch=True, dtype=types.UINT8, cycle=False)
-            return self.frontend.graph(flac, self._gpu)
+            return self.frontend.graph(flac, self._gpu, self._waveforms)
 
         pipe = graph()
         pipe.build()
@@ -244,6 +246,7 @@ class TrainStream(_Stream):
         self.position = 0  # batches of this epoch handed to the caller
         self.num_samples = num_samples or len(self.records)
         self.augment = Augmenter(augment, frontend)
+        self._waveforms = self.augment.mixes_waveforms
         self.corrupt = corrupt
         # the weight column itself where it is a writable float64 array (a copy where it is the cache's map)
         self._weights = torch.from_numpy(np.require(self.records.weight, np.float64, ["C", "W"]))
@@ -327,8 +330,10 @@ class TrainStream(_Stream):
             self.position = i + 1
             yield {"features": x, "labels": y, "keys": self.records.keys(idx)}
 
-    def _post(self, i: int, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.augment(x, y, numpy_rng(self.seed, AUGMENT, self.epoch, i, self.rank))
+    def _post(self, i: int, out: Sequence[torch.Tensor], y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = numpy_rng(self.seed, AUGMENT, self.epoch, i, self.rank)
+        out, y = self.augment.mix_waveforms(out, y, rng)  # waveform mixup, before the tail's features
+        return self.augment(self.frontend.finish(out), y, rng)
 
     def state_dict(self) -> dict[str, int]:
         """Where the stream is; the seed is the run's, held by the caller."""
