@@ -1,10 +1,12 @@
 """Inline pseudo strong labels: the teacher stays frozen, the loss mixes teacher and weak targets as
-configured, a mismatched teacher is refused, and a 2-process PSL run resumes exactly."""
+configured, a mismatched teacher is refused (an ensemble member by name), a 2-process PSL run resumes
+exactly, and an ensemble teacher is the mean of its members."""
 from __future__ import annotations
 
 import copy
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,18 +16,39 @@ from runkit import launch, tiny_config
 from test_run import _step_losses
 from trainer.config import ConfigError, Config, load_config
 from trainer.data.chunks import Chunking
-from trainer.data.manifest import Vocabulary
+from trainer.data.manifest import VOCABULARY, Vocabulary
+from trainer.data.settings import FeatureConfig
 from trainer.losses import psl_loss
 from trainer.models import build_model
 from trainer.models.settings import ModelConfig
 from trainer.psl import ChunkedTeacherStudent
-from trainer.runs import build_teacher
+from trainer.runs import build_teacher, load_run
+
+CPU = torch.device("cpu")
+MOBILENET = ModelConfig(name="mobilenetv2", width_mult=0.35)
 
 
 def _models():
     torch.manual_seed(0)
-    cfg = ModelConfig(name="mobilenetv2", width_mult=0.35)
-    return build_model(cfg, 5), build_model(cfg, 5)
+    return build_model(MOBILENET, 5), build_model(MOBILENET, 5)
+
+
+def _vocab(mids: list[str]) -> Vocabulary:
+    return Vocabulary(tuple(mids), tuple(f"class {m}" for m in mids))
+
+
+VOCAB = _vocab([f"/m/{i}" for i in range(5)])
+
+
+def _saved_run(run_dir: Path, model: ModelConfig, vocab: Vocabulary = VOCAB, frontend: str = "mel64") -> Path:
+    """A finished run as build_teacher reads it: config.yaml, vocabulary and (untrained) best weights."""
+    cfg = Config()
+    cfg.data.train, cfg.model, cfg.features.frontend = ["x"], model, frontend
+    (run_dir / "models").mkdir(parents=True)
+    cfg.save(run_dir / "config.yaml")
+    vocab.save(run_dir / VOCABULARY)
+    torch.save(build_model(model, len(vocab.mids)).state_dict(), run_dir / "models" / "best.pt")
+    return run_dir
 
 
 def test_teacher_gets_no_gradients_and_keeps_its_weights():
@@ -71,17 +94,42 @@ def test_k_random_chunks_per_clip():
 
 
 def test_teacher_with_other_features_is_refused(tmp_path):
-    teacher_dir = tmp_path / "teacher"
-    teacher_dir.mkdir()
-    teacher_cfg = Config()
-    teacher_cfg.data.train = ["x"]
-    teacher_cfg.features.frontend = "kaldi_fbank"
-    teacher_cfg.save(teacher_dir / "config.yaml")
-    cfg = load_config(None, ["data.train=[x]", "features.frontend=mel64", f"psl.teacher={teacher_dir}",
-                             "psl.chunk_seconds=2"], check_paths=False)
-    with pytest.raises(ConfigError, match="psl.teacher: .*features"):
-        build_teacher(cfg.psl.teacher, cfg.features, Vocabulary(tuple(f"/m/{i}" for i in range(5)),
-                                                                 tuple(map(str, range(5)))), torch.device("cpu"))
+    teacher = _saved_run(tmp_path / "teacher", MOBILENET, frontend="kaldi_fbank")
+    with pytest.raises(ConfigError, match=r"^psl\.teacher: .*features"):
+        build_teacher(str(teacher), FeatureConfig(frontend="mel64"), VOCAB, CPU)
+
+
+def test_ensemble_teacher_is_the_frozen_mean_of_its_members(tmp_path):
+    """Members of other architectures, each rebuilt from its own config: the chunk targets and the frame
+    probabilities are exactly the mean of the members' own outputs, and nothing of theirs trains."""
+    dirs = [_saved_run(tmp_path / "mobilenet", MOBILENET),
+            _saved_run(tmp_path / "efficientnet", ModelConfig(name="efficientnet_b0"))]
+    teacher = build_teacher([str(d) for d in dirs], FeatureConfig(frontend="mel64"), VOCAB, CPU)
+    before = copy.deepcopy(teacher.state_dict())
+    chunking = Chunking(frames=100, hop=100, frames_per_second=100)
+    student, _ = _models()
+    x = torch.randn(2, 64, 300)
+    out = ChunkedTeacherStudent(teacher, chunking)(student.train(), x, torch.zeros(2, 5))
+    psl_loss(out, 1.0).backward()
+    assert not any(m.training for m in teacher.modules())
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    chunks = chunking.split(x)[0]
+    with torch.no_grad():
+        (clip_a, frames_a), (clip_b, frames_b) = (load_run(d, device=CPU).model(chunks) for d in dirs)
+        _, frames = teacher(chunks)
+    assert torch.equal(out.teacher, (clip_a + clip_b) / 2)
+    assert torch.equal(frames, (frames_a + frames_b) / 2)
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.parametrize("mismatch", ["features", "vocabulary"])
+def test_ensemble_member_with_other_features_or_vocabulary_is_refused_by_name(tmp_path, mismatch):
+    good = _saved_run(tmp_path / "good", MOBILENET)
+    other = {"features": {"frontend": "kaldi_fbank"}, "vocabulary": {"vocab": _vocab(list(reversed(VOCAB.mids)))}}
+    bad = _saved_run(tmp_path / "bad", MOBILENET, **other[mismatch])
+    with pytest.raises(ConfigError, match=rf"^psl\.teacher\[1\]: .*{bad.name}.*{mismatch}"):
+        build_teacher([good, bad], FeatureConfig(frontend="mel64"), VOCAB, CPU)
 
 
 def test_two_process_psl_run_resumes_exactly(built_shards, synthetic_dir, tmp_path):
