@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -130,6 +131,25 @@ def test_ensemble_member_with_other_features_or_vocabulary_is_refused_by_name(tm
     bad = _saved_run(tmp_path / "bad", MOBILENET, **other[mismatch])
     with pytest.raises(ConfigError, match=rf"^psl\.teacher\[1\]: .*{bad.name}.*{mismatch}"):
         build_teacher([good, bad], FeatureConfig(frontend="mel64"), VOCAB, CPU)
+
+
+def test_teacher_list_in_config(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    base = [f"data.train=[{tmp_path}]", "psl.chunk_seconds=2"]
+    assert load_config(None, base + [f"psl.teacher=[{a},{b}]"]).psl.teacher == [str(a), str(b)]
+    assert load_config(None, base + [f"psl.teacher={a}"]).psl.teacher == str(a)  # one directory stays one
+    (tmp_path / "psl.yaml").write_text(f"data: {{train: [{tmp_path}]}}\npsl: {{chunk_seconds: 2, teacher: [{a}]}}\n")
+    assert load_config(tmp_path / "psl.yaml").psl.teacher == [str(a)]
+    missing = tmp_path / "missing"
+    with pytest.raises(ConfigError, match=rf"^psl\.teacher\[1\]: {re.escape(str(missing))} does not exist"):
+        load_config(None, base + [f"psl.teacher=[{a},{missing}]"])
+    with pytest.raises(ConfigError, match=r"^psl\.teacher: an empty list"):
+        load_config(None, base + ["psl.teacher=[]"])
+    with pytest.raises(ConfigError, match=r"^psl\.chunk_seconds: required"):
+        load_config(None, [f"data.train=[{tmp_path}]", f"psl.teacher=[{a},{b}]"])
+    with pytest.raises(ConfigError, match=r"^psl\.oracle: .* not both"):
+        load_config(None, base + [f"psl.teacher=[{a},{b}]", "psl.oracle=o.tsv"], check_paths=False)
 
 
 def test_two_process_psl_run_resumes_exactly(built_shards, synthetic_dir, tmp_path):

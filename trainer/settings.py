@@ -61,7 +61,8 @@ class EvalConfig:
 
 @dataclass
 class PSLConfig:
-    teacher: Optional[str] = None  # a run directory whose best checkpoint is the frozen teacher
+    # a run directory whose best checkpoint is the frozen teacher, or a list of them: their mean is the teacher
+    teacher: Union[str, list[str], None] = None
     alpha: float = 1.0  # loss = alpha * BCE(student, teacher) + (1 - alpha) * BCE(student, weak labels)
     chunk_seconds: Optional[float] = None  # None: train on whole clips
     chunk_hop: Optional[float] = None  # default: chunk_seconds
