@@ -12,13 +12,20 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
 
 from runkit import launch, tiny_config
 from test_run import _step_losses
 from trainer.config import ConfigError, Config, load_config
 from trainer.data.chunks import Chunking
+from trainer.data.datasets import resolve_splits
+from trainer.data.features import build_frontend
 from trainer.data.manifest import VOCABULARY, Vocabulary
 from trainer.data.settings import FeatureConfig
+from trainer.data.streams import EvalStream
+from trainer.data.strong_labels import load_strong_labels
+from trainer.ensemble import mean_predictions
+from trainer.evaluate import Predictions, predict_chunks
 from trainer.losses import psl_loss
 from trainer.models import build_model
 from trainer.models.settings import ModelConfig
@@ -152,20 +159,92 @@ def test_teacher_list_in_config(tmp_path):
         load_config(None, base + [f"psl.teacher=[{a},{b}]", "psl.oracle=o.tsv"], check_paths=False)
 
 
-def test_two_process_psl_run_resumes_exactly(built_shards, synthetic_dir, tmp_path):
+def _calibrated_init(config: Path, overrides: list[str], out: Path) -> Path:
+    """Untrained weights for ``config`` whose BatchNorm statistics are those of its training features. From
+    torchvision's (mean 0, variance 1) a 2-step run's activations vanish layer by layer: every chunk gets the
+    same probabilities to 1e-8, and chunk mAPs would compare rounding noise."""
+    cfg = load_config(config, overrides, check_paths=False)
+    data = resolve_splits(cfg.data)
+    torch.manual_seed(cfg.run.seed)
+    model = build_model(cfg.model, len(data.vocab)).train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # the cumulative mean over the batches below
+    frontend = build_frontend(data.feature_config(cfg.features))
+    with torch.no_grad():
+        for batch in EvalStream(data.train, len(data.vocab), cfg.data.loader(8), frontend, 0, 1, CPU):
+            model(batch["features"])
+    torch.save(model.state_dict(), out)
+    return out
+
+
+def _teacher_run(config: Path, name: str, *overrides: str) -> Path:
+    """A finished tiny teacher run (1 process, 1 epoch of 2 steps) from calibrated initial weights."""
+    init = _calibrated_init(config, list(overrides), config.parent / f"{name}_init.pt")
+    launch("trainer/run.py", str(config), f"run.name={name}", f"model.init={init}", *overrides)
+    return config.parent / "runs" / name
+
+
+@pytest.fixture(scope="module")
+def teacher_config(built_shards, synthetic_dir, tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("teachers")
+    return tiny_config(tmp / "teacher.yaml", built_shards, synthetic_dir, tmp / "runs", data={"eval": []},
+                       evaluation={"strong_labels": None}, optim={"epochs": 1},  # no eval split: quicker
+                       train={"steps_per_epoch": 2, "wa_start": 1, "trackers": []})
+
+
+@pytest.fixture(scope="module")
+def teacher(teacher_config) -> Path:
+    return _teacher_run(teacher_config, "teacher")
+
+
+@pytest.fixture(scope="module")
+def teachers(teacher_config, teacher) -> list[Path]:
+    """Two teachers of other architectures: MobileNetV2 at width 0.35 and 0.5."""
+    return [teacher, _teacher_run(teacher_config, "teacher_wide", "model.width_mult=0.5", "run.seed=4")]
+
+
+def test_ensemble_teacher_run_reports_the_ensembles_pseudo_labels(teachers, built_shards, synthetic_dir, tmp_path):
+    """A 1-process PSL run taught by two runs: summary.json names both, and chunk_level.teacher is the chunk
+    mAP of the mean of the members' chunk probabilities, not either member's own."""
+    psl = {"psl": {"teacher": [str(t) for t in teachers], "alpha": 1.0, "chunk_seconds": 1.0},
+           "optim": {"epochs": 1}, "train": {"steps_per_epoch": 2, "wa_start": 1, "trackers": []}}
+    config = tiny_config(tmp_path / "psl.yaml", built_shards, synthetic_dir, tmp_path / "runs", **psl)
+    proc = launch("trainer/run.py", str(config), "run.name=psl")
+    run = tmp_path / "runs" / "psl"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["teacher"] == [str(t) for t in teachers]
+    assert f"teacher from {teachers[0]} + {teachers[1]}" in proc.stdout + proc.stderr
+
+    cfg = load_config(run / "config.yaml", check_paths=False)
+    data = resolve_splits(cfg.data)
+    frontend = build_frontend(cfg.features)
+    stream = EvalStream(data.eval, len(data.vocab), cfg.data.loader(cfg.evaluation.batch_size), frontend, 0, 1, CPU)
+    strong = load_strong_labels(cfg.evaluation.strong_labels, data.vocab)
+    chunking = Chunking.of(frontend, cfg.evaluation.chunk_seconds)
+    accelerator = Accelerator(cpu=True)
+    members = [predict_chunks(load_run(t, device=CPU).model, stream, accelerator, strong, chunking) for t in teachers]
+    keys, probs = mean_predictions([(m.keys, m.probs) for m in members])  # in the first member's key order
+    names = list(data.vocab.names)
+    expected = Predictions(keys, probs, members[0].targets).metrics(names)
+    reported = summary["chunk_level"]["teacher"]["mAP"]
+    assert reported == pytest.approx(expected["mAP"], abs=1e-6)
+    assert all(abs(reported - m.metrics(names)["mAP"]) > 1e-3 for m in members), "no member alone"
+
+
+def test_two_process_psl_run_resumes_exactly(teacher, built_shards, synthetic_dir, tmp_path):
     runs = tmp_path / "runs"
-    teacher = tiny_config(tmp_path / "teacher.yaml", built_shards, synthetic_dir, runs,
-                          train={"steps_per_epoch": 2, "wa_start": 1, "trackers": []})
-    launch("trainer/run.py", str(teacher), "run.name=teacher", "optim.epochs=1")
-    psl = {"psl": {"teacher": str(runs / "teacher"), "alpha": 1.0, "chunk_seconds": 1.0},
+    psl = {"psl": {"teacher": str(teacher), "alpha": 1.0, "chunk_seconds": 1.0},
            "train": {"steps_per_epoch": 3, "wa_start": 1, "trackers": [], "save_every_steps": 2}}
     config = tiny_config(tmp_path / "psl.yaml", built_shards, synthetic_dir, runs, **psl)
     launch("trainer/run.py", str(config), "run.name=psl_full", processes=2)
     launch("trainer/run.py", str(config), "run.name=psl_cut", "train.stop_after_steps=5", processes=2)
     launch("trainer/run.py", str(config), "run.name=psl_cut", "run.resume=true", processes=2)
     assert _step_losses(runs / "psl_cut") == _step_losses(runs / "psl_full")
-    summary = (runs / "psl_cut" / "summary.json").read_text()
-    assert '"teacher"' in summary  # pseudo-label quality at chunk level is reported
+    summary = json.loads((runs / "psl_cut" / "summary.json").read_text())
+    assert "teacher" in summary["chunk_level"]  # pseudo-label quality at chunk level is reported
+    assert summary["teacher"] == [str(teacher)]
     metrics = (runs / "psl_cut" / "metrics.csv").read_text().splitlines()
     assert "clips_per_s_without_teacher" in metrics[0]  # the teacher's cost is logged separately
 
