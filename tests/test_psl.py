@@ -1,31 +1,62 @@
 """Inline pseudo strong labels: the teacher stays frozen, the loss mixes teacher and weak targets as
-configured, a mismatched teacher is refused, and a 2-process PSL run resumes exactly."""
+configured, a mismatched teacher is refused (an ensemble member by name), a 2-process PSL run resumes
+exactly, and an ensemble teacher is the mean of its members."""
 from __future__ import annotations
 
 import copy
 import csv
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
 
 from runkit import launch, tiny_config
 from test_run import _step_losses
 from trainer.config import ConfigError, Config, load_config
 from trainer.data.chunks import Chunking
-from trainer.data.manifest import Vocabulary
+from trainer.data.datasets import resolve_splits
+from trainer.data.features import build_frontend
+from trainer.data.manifest import VOCABULARY, Vocabulary
+from trainer.data.settings import FeatureConfig
+from trainer.data.streams import EvalStream
+from trainer.data.strong_labels import load_strong_labels
+from trainer.ensemble import mean_predictions
+from trainer.evaluate import Predictions, predict_chunks
 from trainer.losses import psl_loss
 from trainer.models import build_model
 from trainer.models.settings import ModelConfig
 from trainer.psl import ChunkedTeacherStudent
-from trainer.runs import build_teacher
+from trainer.runs import build_teacher, load_run
+
+CPU = torch.device("cpu")
+MOBILENET = ModelConfig(name="mobilenetv2", width_mult=0.35)
 
 
 def _models():
     torch.manual_seed(0)
-    cfg = ModelConfig(name="mobilenetv2", width_mult=0.35)
-    return build_model(cfg, 5), build_model(cfg, 5)
+    return build_model(MOBILENET, 5), build_model(MOBILENET, 5)
+
+
+def _vocab(mids: list[str]) -> Vocabulary:
+    return Vocabulary(tuple(mids), tuple(f"class {m}" for m in mids))
+
+
+VOCAB = _vocab([f"/m/{i}" for i in range(5)])
+
+
+def _saved_run(run_dir: Path, model: ModelConfig, vocab: Vocabulary = VOCAB, frontend: str = "mel64") -> Path:
+    """A finished run as build_teacher reads it: config.yaml, vocabulary and (untrained) best weights."""
+    cfg = Config()
+    cfg.data.train, cfg.model, cfg.features.frontend = ["x"], model, frontend
+    (run_dir / "models").mkdir(parents=True)
+    cfg.save(run_dir / "config.yaml")
+    vocab.save(run_dir / VOCABULARY)
+    torch.save(build_model(model, len(vocab.mids)).state_dict(), run_dir / "models" / "best.pt")
+    return run_dir
 
 
 def test_teacher_gets_no_gradients_and_keeps_its_weights():
@@ -71,33 +102,149 @@ def test_k_random_chunks_per_clip():
 
 
 def test_teacher_with_other_features_is_refused(tmp_path):
-    teacher_dir = tmp_path / "teacher"
-    teacher_dir.mkdir()
-    teacher_cfg = Config()
-    teacher_cfg.data.train = ["x"]
-    teacher_cfg.features.frontend = "kaldi_fbank"
-    teacher_cfg.save(teacher_dir / "config.yaml")
-    cfg = load_config(None, ["data.train=[x]", "features.frontend=mel64", f"psl.teacher={teacher_dir}",
-                             "psl.chunk_seconds=2"], check_paths=False)
-    with pytest.raises(ConfigError, match="psl.teacher: .*features"):
-        build_teacher(cfg.psl.teacher, cfg.features, Vocabulary(tuple(f"/m/{i}" for i in range(5)),
-                                                                 tuple(map(str, range(5)))), torch.device("cpu"))
+    teacher = _saved_run(tmp_path / "teacher", MOBILENET, frontend="kaldi_fbank")
+    with pytest.raises(ConfigError, match=r"^psl\.teacher: .*features"):
+        build_teacher(str(teacher), FeatureConfig(frontend="mel64"), VOCAB, CPU)
 
 
-def test_two_process_psl_run_resumes_exactly(built_shards, synthetic_dir, tmp_path):
+def test_ensemble_teacher_is_the_frozen_mean_of_its_members(tmp_path):
+    """Members of other architectures, each rebuilt from its own config: the chunk targets and the frame
+    probabilities are exactly the mean of the members' own outputs, and nothing of theirs trains."""
+    dirs = [_saved_run(tmp_path / "mobilenet", MOBILENET),
+            _saved_run(tmp_path / "efficientnet", ModelConfig(name="efficientnet_b0"))]
+    teacher = build_teacher([str(d) for d in dirs], FeatureConfig(frontend="mel64"), VOCAB, CPU)
+    before = copy.deepcopy(teacher.state_dict())
+    chunking = Chunking(frames=100, hop=100, frames_per_second=100)
+    student, _ = _models()
+    x = torch.randn(2, 64, 300)
+    out = ChunkedTeacherStudent(teacher, chunking)(student.train(), x, torch.zeros(2, 5))
+    psl_loss(out, 1.0).backward()
+    assert not any(m.training for m in teacher.modules())
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    chunks = chunking.split(x)[0]
+    with torch.no_grad():
+        (clip_a, frames_a), (clip_b, frames_b) = (load_run(d, device=CPU).model(chunks) for d in dirs)
+        _, frames = teacher(chunks)
+    assert torch.equal(out.teacher, (clip_a + clip_b) / 2)
+    assert torch.equal(frames, (frames_a + frames_b) / 2)
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.parametrize("mismatch", ["features", "vocabulary"])
+def test_ensemble_member_with_other_features_or_vocabulary_is_refused_by_name(tmp_path, mismatch):
+    good = _saved_run(tmp_path / "good", MOBILENET)
+    other = {"features": {"frontend": "kaldi_fbank"}, "vocabulary": {"vocab": _vocab(list(reversed(VOCAB.mids)))}}
+    bad = _saved_run(tmp_path / "bad", MOBILENET, **other[mismatch])
+    with pytest.raises(ConfigError, match=rf"^psl\.teacher\[1\]: .*{bad.name}.*{mismatch}"):
+        build_teacher([good, bad], FeatureConfig(frontend="mel64"), VOCAB, CPU)
+
+
+def test_teacher_list_in_config(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    base = [f"data.train=[{tmp_path}]", "psl.chunk_seconds=2"]
+    assert load_config(None, base + [f"psl.teacher=[{a},{b}]"]).psl.teacher == [str(a), str(b)]
+    assert load_config(None, base + [f"psl.teacher={a}"]).psl.teacher == str(a)  # one directory stays one
+    (tmp_path / "psl.yaml").write_text(f"data: {{train: [{tmp_path}]}}\npsl: {{chunk_seconds: 2, teacher: [{a}]}}\n")
+    assert load_config(tmp_path / "psl.yaml").psl.teacher == [str(a)]
+    missing = tmp_path / "missing"
+    with pytest.raises(ConfigError, match=rf"^psl\.teacher\[1\]: {re.escape(str(missing))} does not exist"):
+        load_config(None, base + [f"psl.teacher=[{a},{missing}]"])
+    with pytest.raises(ConfigError, match=r"^psl\.teacher: an empty list"):
+        load_config(None, base + ["psl.teacher=[]"])
+    with pytest.raises(ConfigError, match=r"^psl\.chunk_seconds: required"):
+        load_config(None, [f"data.train=[{tmp_path}]", f"psl.teacher=[{a},{b}]"])
+    with pytest.raises(ConfigError, match=r"^psl\.oracle: .* not both"):
+        load_config(None, base + [f"psl.teacher=[{a},{b}]", "psl.oracle=o.tsv"], check_paths=False)
+
+
+def _calibrated_init(config: Path, overrides: list[str], out: Path) -> Path:
+    """Untrained weights for ``config`` whose BatchNorm statistics are those of its training features. From
+    torchvision's (mean 0, variance 1) a 2-step run's activations vanish layer by layer: every chunk gets the
+    same probabilities to 1e-8, and chunk mAPs would compare rounding noise."""
+    cfg = load_config(config, overrides, check_paths=False)
+    data = resolve_splits(cfg.data)
+    torch.manual_seed(cfg.run.seed)
+    model = build_model(cfg.model, len(data.vocab)).train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # the cumulative mean over the batches below
+    frontend = build_frontend(data.feature_config(cfg.features))
+    with torch.no_grad():
+        for batch in EvalStream(data.train, len(data.vocab), cfg.data.loader(8), frontend, 0, 1, CPU):
+            model(batch["features"])
+    torch.save(model.state_dict(), out)
+    return out
+
+
+def _teacher_run(config: Path, name: str, *overrides: str) -> Path:
+    """A finished tiny teacher run (1 process, 1 epoch of 2 steps) from calibrated initial weights."""
+    init = _calibrated_init(config, list(overrides), config.parent / f"{name}_init.pt")
+    launch("trainer/run.py", str(config), f"run.name={name}", f"model.init={init}", *overrides)
+    return config.parent / "runs" / name
+
+
+@pytest.fixture(scope="module")
+def teacher_config(built_shards, synthetic_dir, tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("teachers")
+    return tiny_config(tmp / "teacher.yaml", built_shards, synthetic_dir, tmp / "runs", data={"eval": []},
+                       evaluation={"strong_labels": None}, optim={"epochs": 1},  # no eval split: quicker
+                       train={"steps_per_epoch": 2, "wa_start": 1, "trackers": []})
+
+
+@pytest.fixture(scope="module")
+def teacher(teacher_config) -> Path:
+    return _teacher_run(teacher_config, "teacher")
+
+
+@pytest.fixture(scope="module")
+def teachers(teacher_config, teacher) -> list[Path]:
+    """Two teachers of other architectures: MobileNetV2 at width 0.35 and 0.5."""
+    return [teacher, _teacher_run(teacher_config, "teacher_wide", "model.width_mult=0.5", "run.seed=4")]
+
+
+def test_ensemble_teacher_run_reports_the_ensembles_pseudo_labels(teachers, built_shards, synthetic_dir, tmp_path):
+    """A 1-process PSL run taught by two runs: summary.json names both, and chunk_level.teacher is the chunk
+    mAP of the mean of the members' chunk probabilities, not either member's own."""
+    psl = {"psl": {"teacher": [str(t) for t in teachers], "alpha": 1.0, "chunk_seconds": 1.0},
+           "optim": {"epochs": 1}, "train": {"steps_per_epoch": 2, "wa_start": 1, "trackers": []}}
+    config = tiny_config(tmp_path / "psl.yaml", built_shards, synthetic_dir, tmp_path / "runs", **psl)
+    proc = launch("trainer/run.py", str(config), "run.name=psl")
+    run = tmp_path / "runs" / "psl"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["teacher"] == [str(t) for t in teachers]
+    assert f"teacher from {teachers[0]} + {teachers[1]}" in proc.stdout + proc.stderr
+
+    cfg = load_config(run / "config.yaml", check_paths=False)
+    data = resolve_splits(cfg.data)
+    frontend = build_frontend(cfg.features)
+    stream = EvalStream(data.eval, len(data.vocab), cfg.data.loader(cfg.evaluation.batch_size), frontend, 0, 1, CPU)
+    strong = load_strong_labels(cfg.evaluation.strong_labels, data.vocab)
+    chunking = Chunking.of(frontend, cfg.evaluation.chunk_seconds)
+    accelerator = Accelerator(cpu=True)
+    members = [predict_chunks(load_run(t, device=CPU).model, stream, accelerator, strong, chunking) for t in teachers]
+    keys, probs = mean_predictions([(m.keys, m.probs) for m in members])  # in the first member's key order
+    names = list(data.vocab.names)
+    expected = Predictions(keys, probs, members[0].targets).metrics(names)
+    reported = summary["chunk_level"]["teacher"]["mAP"]
+    assert reported == pytest.approx(expected["mAP"], abs=1e-6)
+    assert all(abs(reported - m.metrics(names)["mAP"]) > 1e-3 for m in members), "no member alone"
+
+
+def test_two_process_psl_run_resumes_exactly(teacher, built_shards, synthetic_dir, tmp_path):
     runs = tmp_path / "runs"
-    teacher = tiny_config(tmp_path / "teacher.yaml", built_shards, synthetic_dir, runs,
-                          train={"steps_per_epoch": 2, "wa_start": 1, "trackers": []})
-    launch("trainer/run.py", str(teacher), "run.name=teacher", "optim.epochs=1")
-    psl = {"psl": {"teacher": str(runs / "teacher"), "alpha": 1.0, "chunk_seconds": 1.0},
+    psl = {"psl": {"teacher": str(teacher), "alpha": 1.0, "chunk_seconds": 1.0},
            "train": {"steps_per_epoch": 3, "wa_start": 1, "trackers": [], "save_every_steps": 2}}
     config = tiny_config(tmp_path / "psl.yaml", built_shards, synthetic_dir, runs, **psl)
     launch("trainer/run.py", str(config), "run.name=psl_full", processes=2)
     launch("trainer/run.py", str(config), "run.name=psl_cut", "train.stop_after_steps=5", processes=2)
     launch("trainer/run.py", str(config), "run.name=psl_cut", "run.resume=true", processes=2)
     assert _step_losses(runs / "psl_cut") == _step_losses(runs / "psl_full")
-    summary = (runs / "psl_cut" / "summary.json").read_text()
-    assert '"teacher"' in summary  # pseudo-label quality at chunk level is reported
+    summary = json.loads((runs / "psl_cut" / "summary.json").read_text())
+    assert "teacher" in summary["chunk_level"]  # pseudo-label quality at chunk level is reported
+    assert summary["teacher"] == [str(teacher)]
     metrics = (runs / "psl_cut" / "metrics.csv").read_text().splitlines()
     assert "clips_per_s_without_teacher" in metrics[0]  # the teacher's cost is logged separately
 

@@ -20,7 +20,7 @@ from trainer.data.datasets import spec_exists
 from trainer.data.features import build_frontend
 from trainer.data.settings import AugmentConfig, DataConfig, FeatureConfig
 from trainer.models.settings import ModelConfig
-from trainer.settings import EvalConfig, OptimConfig, PSLConfig, RunConfig, TrainConfig
+from trainer.settings import EvalConfig, OptimConfig, PSLConfig, RunConfig, TrainConfig, teacher_members
 
 
 class ConfigError(ValueError):
@@ -116,7 +116,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 def _type_name(tp: Any) -> str:
     return " or ".join(" or ".join(map(repr, typing.get_args(a))) if typing.get_origin(a) is Literal
-                       else getattr(a, "__name__", str(a)) for a in typing.get_args(tp))
+                       else str(a) if typing.get_origin(a) else getattr(a, "__name__", str(a))  # list[str], not list
+                       for a in typing.get_args(tp))
 
 
 def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
@@ -226,6 +227,8 @@ def _validate(cfg: Config, check_paths: bool) -> None:
         raise ConfigError(f"psl.alpha: must be in [0, 1], got {cfg.psl.alpha}")
     if not 0.0 <= cfg.augment.mixup <= 1.0:
         raise ConfigError(f"augment.mixup: a rate in [0, 1], got {cfg.augment.mixup}")
+    if cfg.psl.teacher == []:
+        raise ConfigError("psl.teacher: an empty list; give at least one run directory, or leave it unset")
     if (cfg.psl.teacher or cfg.psl.oracle) and cfg.psl.chunk_seconds is None:
         raise ConfigError("psl.chunk_seconds: required when psl.teacher or psl.oracle is set")
     if cfg.psl.teacher and cfg.psl.oracle:
@@ -263,9 +266,10 @@ def _validate(cfg: Config, check_paths: bool) -> None:
             for i, spec in enumerate(getattr(cfg.data, split)):
                 if not spec_exists(spec):
                     raise ConfigError(f"data.{split}[{i}]: {spec} does not exist (build it with tools.build_shards)")
-        for key, p in (("psl.teacher", cfg.psl.teacher), ("psl.oracle", cfg.psl.oracle), ("model.init", cfg.model.init),
-                       ("model.pretrained_file", cfg.model.pretrained_file),
-                       ("evaluation.strong_labels", cfg.evaluation.strong_labels)):
+        teachers = teacher_members(cfg.psl.teacher) if cfg.psl.teacher else []
+        for key, p in teachers + [("psl.oracle", cfg.psl.oracle), ("model.init", cfg.model.init),
+                                  ("model.pretrained_file", cfg.model.pretrained_file),
+                                  ("evaluation.strong_labels", cfg.evaluation.strong_labels)]:
             if p is not None and not Path(p).exists():
                 raise ConfigError(f"{key}: {p} does not exist")
 

@@ -4,6 +4,10 @@
 
 Each run directory holds predictions/eval_best.npz with arrays probs (N × C), targets (N × C) and
 keys (N), and class_labels_indices.csv (class display names; without it classes are numbered).
+
+Offline, the saved predictions are aligned by key and averaged (:func:`mean_predictions`); inline, a
+:class:`MeanEnsemble` averages live models' outputs on the same batch (a PSL ensemble teacher), which
+needs no key at all.
 """
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
+from torch import nn
 
 from .data.manifest import VOCABULARY, Vocabulary
 from .metrics import keys_digest, tagging_metrics
@@ -42,6 +48,26 @@ def mean_predictions(predictions: Sequence[tuple[Sequence[str], np.ndarray]]) ->
     for i, (k, p) in enumerate(predictions):
         total += np.asarray(p, dtype=np.float64)[_align(keys, [str(x) for x in k], f"predictions #{i}")]
     return keys, total / len(predictions)
+
+
+class MeanEnsemble(nn.Module):
+    """Models with the same outputs (classes, and frames per input: every backbone here pools time by 32)
+    as one: forward(features) → (mean clip probs, mean frame probs) of the members, in float32 (members
+    may run in another precision under autocast)."""
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("MeanEnsemble: no members")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        clips, frames = zip(*(m(features) for m in self.members))
+        return _mean(clips), _mean(frames)
+
+
+def _mean(outputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.stack([x.float() for x in outputs]).mean(0)
 
 
 def _load(run_dir: Path) -> dict[str, np.ndarray]:

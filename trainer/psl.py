@@ -1,10 +1,11 @@
 """Pseudo strong labels inline: a frozen teacher labels each chunk of every clip while the student
 trains on the same chunks, in one forward pass (Dinkel et al., ICASSP 2022, without the offline stage).
 
-Only the student is trained (and wrapped for DDP); the teacher runs in eval mode under inference mode,
-in the training precision. Its probabilities are the chunk targets as they are (soft), or thresholded
-(hard). The :class:`ChunkOracle` gives the true chunk labels instead, from strong annotations of the
-training clips: the upper bound of what pseudo labels can give.
+Only the student is trained (and wrapped for DDP); the teacher (one finished run's model, or the mean of
+several: trainer/runs.py ``build_teacher``) runs in eval mode under inference mode, in the training
+precision. Its probabilities are the chunk targets as they are (soft), or thresholded (hard). The
+:class:`ChunkOracle` gives the true chunk labels instead, from strong annotations of the training clips:
+the upper bound of what pseudo labels can give.
 """
 from __future__ import annotations
 

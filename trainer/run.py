@@ -46,6 +46,7 @@ from trainer.optim import build_optimizer, build_scheduler
 from trainer.faults import NonFinite, Preempted, Preemption, RunExists, claim_run_dir
 from trainer.psl import ChunkedTeacherStudent, ChunkOracle
 from trainer.runs import build_teacher
+from trainer.settings import teacher_members
 from trainer.steplog import Flush, StepLog
 
 
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
         model = torch.compile(model)
     log(f"model: {cfg.model.name}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters"
         + (f", from {cfg.model.pretrained} weights" if cfg.model.pretrained and checkpoint is None else "")
-        + (f"; teacher from {cfg.psl.teacher}, alpha {cfg.psl.alpha}" if cfg.psl.teacher else ""))
+        + (f"; teacher from {' + '.join(_teacher_dirs(cfg))}, alpha {cfg.psl.alpha}" if cfg.psl.teacher else ""))
 
     # ---- 3. Resume -----------------------------------------------------------------------------
     progress = {"epoch": 0, "step": 0, "global_step": 0}
@@ -291,6 +292,8 @@ def finish(cfg: Config, accelerator: Accelerator, model: torch.nn.Module, splits
     best_epoch = epochs[int(np.argmax([float(r[f"{select}_mAP"]) for r in rows]))]
     summary = {"selected_on": select, "best_epoch": best_epoch, "result_split": result_split,
                "epochs_trained": len(epochs), "stopped_early": len(epochs) < cfg.optim.epochs}
+    if cfg.psl.teacher:  # the members whose mean chunk_level.teacher reports
+        summary["teacher"] = _teacher_dirs(cfg)
 
     # Each epoch's predictions were saved once; the best single model's are one of them.
     members = [Predictions.load(_prediction_path(run_dir, result_split, f"epoch_{e}")) for e in epochs]
@@ -342,6 +345,10 @@ def finish(cfg: Config, accelerator: Accelerator, model: torch.nn.Module, splits
         accelerator.print(json.dumps(summary, indent=2))
     accelerator.wait_for_everyone()
     return summary
+
+
+def _teacher_dirs(cfg: Config) -> list[str]:
+    return [str(d) for _, d in teacher_members(cfg.psl.teacher)]
 
 
 def _prediction_path(run_dir: Path, split: str, tag: str) -> Path:

@@ -1,11 +1,13 @@
 """Finished runs read back: a run directory's resolved config, vocabulary and weights, rebuilt as a model.
 
-Predict tags files with one; a PSL run's frozen teacher is one, checked against the student's data.
+Predict tags files with one; a PSL run's frozen teacher is one, or the mean of several, checked against the
+student's data.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -15,7 +17,9 @@ from trainer.config import Config, ConfigError, load_config
 from trainer.data.features import FrontEnd, build_frontend
 from trainer.data.manifest import VOCABULARY, Vocabulary
 from trainer.data.settings import FeatureConfig
+from trainer.ensemble import MeanEnsemble
 from trainer.models import build_model, load_weights
+from trainer.settings import teacher_members
 
 CONFIG = "config.yaml"  # the resolved config run.py saves (dataset normalisation stats filled in)
 
@@ -45,17 +49,23 @@ def load_run(run_dir: str | Path, weights: str = "best", device: torch.device | 
     return Run(cfg, build_frontend(cfg.features), vocab, model.to(device).eval(), device)
 
 
-def build_teacher(run_dir: str | Path, features: FeatureConfig, vocab: Vocabulary, device: torch.device) -> nn.Module:
-    """The frozen teacher of a PSL run: ``run_dir``'s best model, built from its own config. Its features and
-    vocabulary must be the student's (ConfigError naming ``psl.teacher`` otherwise)."""
-    run_dir = Path(run_dir)
+def build_teacher(teacher: str | Path | Sequence[str | Path], features: FeatureConfig, vocab: Vocabulary,
+                  device: torch.device) -> nn.Module:
+    """The frozen teacher of a PSL run (``psl.teacher``): one run directory's best model, built from its own
+    config, or for a list of directories the mean of theirs (members may differ in architecture). Every
+    member's features and vocabulary must be the student's (ConfigError naming the member otherwise)."""
+    models = [_teacher_member(key, run_dir, features, vocab) for key, run_dir in teacher_members(teacher)]
+    return (models[0] if len(models) == 1 else MeanEnsemble(models)).to(device)
+
+
+def _teacher_member(key: str, run_dir: Path, features: FeatureConfig, vocab: Vocabulary) -> nn.Module:
     teacher_cfg = load_config(run_dir / CONFIG, check_paths=False)
     if teacher_cfg.features != features:
-        raise ConfigError(f"psl.teacher: {run_dir} was trained on features {teacher_cfg.features}, "
+        raise ConfigError(f"{key}: {run_dir} was trained on features {teacher_cfg.features}, "
                           f"this run uses {features}; the teacher would label features it never saw")
     teacher_vocab = run_dir / VOCABULARY
     if Vocabulary.load(teacher_vocab).digest() != vocab.digest():
-        raise ConfigError(f"psl.teacher: {teacher_vocab} is not the data's vocabulary; its outputs mean other classes")
-    teacher = build_model(teacher_cfg.model, len(vocab), load_pretrained=False)
-    load_weights(teacher, weights_path(run_dir))
-    return teacher.to(device)
+        raise ConfigError(f"{key}: {teacher_vocab} is not the data's vocabulary; its outputs mean other classes")
+    model = build_model(teacher_cfg.model, len(vocab), load_pretrained=False)
+    load_weights(model, weights_path(run_dir))
+    return model

@@ -6,7 +6,8 @@ trainer/config.py composes all sections, loads and validates them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Union
+from pathlib import Path
+from typing import Literal, Optional, Sequence, Union
 
 
 @dataclass
@@ -60,7 +61,8 @@ class EvalConfig:
 
 @dataclass
 class PSLConfig:
-    teacher: Optional[str] = None  # a run directory whose best checkpoint is the frozen teacher
+    # a run directory whose best checkpoint is the frozen teacher, or a list of them: their mean is the teacher
+    teacher: Union[str, list[str], None] = None
     alpha: float = 1.0  # loss = alpha * BCE(student, teacher) + (1 - alpha) * BCE(student, weak labels)
     chunk_seconds: Optional[float] = None  # None: train on whole clips
     chunk_hop: Optional[float] = None  # default: chunk_seconds
@@ -68,3 +70,11 @@ class PSLConfig:
     targets: Literal["soft", "hard"] = "soft"  # the teacher's probabilities, or 1 where they reach threshold
     threshold: float = 0.5
     oracle: Optional[str] = None  # strong-label TSV of the training clips: learn from their true chunk labels
+
+
+def teacher_members(teacher: Union[str, Path, Sequence[Union[str, Path]]]) -> list[tuple[str, Path]]:
+    """(dotted key, run directory) of each member of ``psl.teacher``: ``psl.teacher`` for one directory,
+    ``psl.teacher[i]`` for the i-th of a list, so errors name the member as the config spells it."""
+    if isinstance(teacher, (str, Path)):
+        return [("psl.teacher", Path(teacher))]
+    return [(f"psl.teacher[{i}]", Path(d)) for i, d in enumerate(teacher)]
