@@ -17,9 +17,16 @@ RESULT_FIELDS = ["mAP", "mAUC", "dprime", "num_samples", "num_skipped_ap", "keys
 
 
 def append_row(path: Path, row: dict[str, Any]) -> None:
-    new = not path.exists()
+    """Append ``row`` under the file's header (the first row's keys); a None value is an empty cell, a key
+    the header lacks is an error (every row has the first row's columns)."""
+    new = not path.exists() or path.stat().st_size == 0
+    if new:
+        fields = list(row)
+    else:
+        with open(path, newline="") as f:
+            fields = next(csv.reader(f))
     with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(row))
+        w = csv.DictWriter(f, fieldnames=fields)
         if new:
             w.writeheader()
         w.writerow(row)
@@ -30,6 +37,12 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return []
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def evaluated(rows: list[dict[str, str]], column: str) -> dict[int, float]:
+    """Epoch → ``column`` of the metrics.csv rows that have it: the evaluated epochs (the others' cells are
+    empty)."""
+    return {int(r["epoch"]): float(r[column]) for r in rows if r.get(column)}
 
 
 def truncate_rows(path: Path, keep: int) -> None:
@@ -74,9 +87,9 @@ def plot_curves(metrics_csv: Path, out_png: Path) -> None:
     ax_loss.plot(epochs, [float(r["train_loss"]) for r in rows], marker="o")
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="Loss")
     for split in ("valid", "eval"):
-        col = f"{split}_mAP"
-        if col in rows[0] and rows[0][col] != "":
-            ax_map.plot(epochs, [float(r[col]) for r in rows], marker="o", label=split)
+        scores = evaluated(rows, f"{split}_mAP")
+        if scores:
+            ax_map.plot(list(scores), list(scores.values()), marker="o", label=split)
     ax_map.set(xlabel="epoch", ylabel="mAP", title="mAP")
     ax_map.legend()
     fig.tight_layout()
