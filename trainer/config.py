@@ -201,6 +201,7 @@ def _validate(cfg: Config, check_paths: bool) -> None:
         "optim.epochs": cfg.optim.epochs,
         "optim.lr": cfg.optim.lr,
         "optim.grad_accum": cfg.optim.grad_accum,
+        "train.eval_every": cfg.train.eval_every,
         "features.clip_seconds": cfg.features.clip_seconds,
     }
     for key, v in positive.items():
