@@ -1,5 +1,6 @@
 """train.eval_every: which epochs are evaluated, early stopping over the evaluated ones, metrics.csv rows with
-empty evaluation cells; and a run that evaluates every 2nd epoch, uninterrupted and resumed."""
+empty evaluation cells; and a run that evaluates every 2nd epoch on an expected eval set (data.eval_ids),
+uninterrupted and resumed."""
 from __future__ import annotations
 
 import csv
@@ -12,6 +13,7 @@ import pytest
 from runkit import launch, tiny_config
 from trainer import results
 from trainer.config import ConfigError, load_config
+from trainer.data.datasets import load_records
 from trainer.eval_schedule import EvalSchedule, best_epoch
 from trainer.evaluate import Predictions
 
@@ -75,14 +77,24 @@ def test_eval_every_must_be_positive():
         load_config(None, ["data.train=[x]", "train.eval_every=0"], check_paths=False)
 
 
+LISTED, UNKNOWN = 10, ["--4gqARaEJE", "--BfvyPmVMo", "--U7joUcTCo"]
+
+
 @pytest.fixture(scope="module")
-def every_2nd(built_shards, synthetic_dir, tmp_path_factory) -> tuple[Path, Path]:
-    """(config, run directory): 3 epochs of 2 steps, evaluated every 2nd epoch."""
+def every_2nd(built_shards, synthetic_dir, tmp_path_factory) -> tuple[Path, Path, list[str]]:
+    """(config, run directory, eval keys listed): 3 epochs of 2 steps, evaluated every 2nd epoch, on 10 of the
+    16 eval clips listed in an AudioSet-style CSV with 3 ids the eval data lacks."""
     root = tmp_path_factory.mktemp("every2")
+    keys = sorted(r.key for r in load_records(str(built_shards["eval"]))[0])
+    listed = keys[::3] + keys[1::3][:LISTED - len(keys[::3])]
+    ids = root / "eval_segments.csv"
+    ids.write_text("# expected eval segments\nYTID, start_seconds, end_seconds, positive_labels\n"
+                   + "".join(f'{k}, 0.000, 10.000, "/m/x"\n' for k in listed[:5] + UNKNOWN + listed[5:]))
     config = tiny_config(root / "tiny.yaml", built_shards, synthetic_dir, root / "runs", optim={"epochs": 3},
+                         data={"eval_ids": str(ids)},
                          train={"steps_per_epoch": 2, "wa_start": 1, "trackers": [], "eval_every": 2})
     launch("trainer/run.py", str(config))
-    return config, root / "runs" / "tiny"
+    return config, root / "runs" / "tiny", listed
 
 
 def _metrics(run: Path) -> list[dict[str, str]]:
@@ -91,7 +103,7 @@ def _metrics(run: Path) -> list[dict[str, str]]:
 
 
 def test_evaluates_every_2nd_and_the_last_epoch(every_2nd):
-    _, run = every_2nd
+    _, run, _ = every_2nd
     rows = _metrics(run)
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]
     assert all(r["train_loss"] and r["lr"] and r["clips_per_s"] for r in rows)  # every epoch has its row
@@ -110,10 +122,26 @@ def test_evaluates_every_2nd_and_the_last_epoch(every_2nd):
     np.testing.assert_array_equal(Predictions.load(run / "predictions" / "eval_best.npz").probs, best.probs)
 
 
+def test_results_are_on_the_listed_eval_clips_present(every_2nd):
+    _, run, listed = every_2nd
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["eval_ids"] == {"file": str(run.parents[1] / "eval_segments.csv"), "expected": LISTED + 3,
+                                   "present": LISTED, "missing": 3, "not_listed": 16 - LISTED}
+    assert (run / "eval_missing_ids.txt").read_text().splitlines() == UNKNOWN
+    for section, tag in (("best_single", "best"), ("weight_averaged", "wa"), ("checkpoint_ensemble", "ensemble")):
+        assert summary[section]["num_samples"] == LISTED
+        assert sorted(Predictions.load(run / "predictions" / f"eval_{tag}.npz").keys) == sorted(listed)
+    for name in ("best_single_result.csv", "wa_result.csv", "ensemble_result.csv"):
+        with open(run / name) as f:
+            (row,) = csv.DictReader(f)
+        assert [int(row[k]) for k in ("num_samples", "eval_ids_expected", "eval_ids_present")] == \
+               [LISTED, LISTED + 3, LISTED]
+
+
 def test_resumed_run_evaluates_the_same_epochs(every_2nd):
     """Stopped abruptly in epoch 3 and resumed from the end of epoch 2: the same evaluations, selection and
     ensemble as the uninterrupted run."""
-    config, run = every_2nd
+    config, run, _ = every_2nd
     launch("trainer/run.py", str(config), "run.name=cut", "train.stop_after_steps=5")
     cut = run.parent / "cut"
     assert [r["epoch"] for r in _metrics(cut)] == ["1", "2"]
@@ -122,5 +150,5 @@ def test_resumed_run_evaluates_the_same_epochs(every_2nd):
     assert [{k: v for k, v in r.items() if k not in timing} for r in _metrics(cut)] == \
            [{k: v for k, v in r.items() if k not in timing} for r in _metrics(run)]
     full, resumed = (json.loads((d / "summary.json").read_text()) for d in (run, cut))
-    for key in ("best_epoch", "best_single", "weight_averaged", "checkpoint_ensemble"):
+    for key in ("best_epoch", "best_single", "weight_averaged", "checkpoint_ensemble", "eval_ids"):
         assert resumed[key] == full[key], key

@@ -246,6 +246,8 @@ def _validate(cfg: Config, check_paths: bool) -> None:
         raise ConfigError("data.valid_fraction: must be in (0, 1) when data.valid is empty")
     if cfg.evaluation.select_on == "eval" and not cfg.data.eval:
         raise ConfigError("evaluation.select_on: 'eval' needs data.eval")
+    if cfg.data.eval_ids and not cfg.data.eval:
+        raise ConfigError("data.eval_ids: selects eval clips; it needs data.eval")
     try:
         build_frontend(cfg.features)
     except ValueError as e:  # an option that does not apply to the front-end
@@ -256,7 +258,8 @@ def _validate(cfg: Config, check_paths: bool) -> None:
                 if not spec_exists(spec):
                     raise ConfigError(f"data.{split}[{i}]: {spec} does not exist (build it with tools.build_shards)")
         for key, p in (("psl.teacher", cfg.psl.teacher), ("psl.oracle", cfg.psl.oracle), ("model.init", cfg.model.init),
-                       ("evaluation.strong_labels", cfg.evaluation.strong_labels)):
+                       ("evaluation.strong_labels", cfg.evaluation.strong_labels),
+                       ("data.eval_ids", cfg.data.eval_ids)):
             if p is not None and not Path(p).exists():
                 raise ConfigError(f"{key}: {p} does not exist")
 

@@ -9,6 +9,7 @@ from typing import Any
 import matplotlib
 
 from trainer.data.atomic import atomic_write
+from trainer.data.eval_ids import EvalSelection
 
 matplotlib.use("Agg")  # runs are headless
 import matplotlib.pyplot as plt  # noqa: E402
@@ -54,11 +55,16 @@ def truncate_rows(path: Path, keep: int) -> None:
             append_row(path, row)
 
 
-def write_result(path: Path, metrics: dict[str, Any]) -> None:
+def write_result(path: Path, metrics: dict[str, Any], eval_ids: EvalSelection | None = None) -> None:
+    """PSLA's result file; with an expected eval set (data.eval_ids) also how many of its clips were expected
+    and present (num_samples: how many the metrics were computed on)."""
+    row = scalar_metrics(metrics)
+    if eval_ids is not None:
+        row.update(eval_ids_expected=eval_ids.expected, eval_ids_present=eval_ids.present)
     with atomic_write(path, newline="") as f:
         w = csv.writer(f)
-        w.writerow(RESULT_FIELDS)
-        w.writerow([metrics[k] for k in RESULT_FIELDS])
+        w.writerow(row)
+        w.writerow(row.values())
 
 
 def write_per_class(path: Path, metrics: dict[str, Any]) -> None:

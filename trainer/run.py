@@ -33,6 +33,7 @@ from trainer.devices import DeviceError, resolve_device
 from trainer.data.chunks import Chunking
 from trainer.data.corrupt import CORRUPT_SAMPLES, CorruptLog, TooManyCorrupt
 from trainer.data.datasets import resolve_splits
+from trainer.data.eval_ids import MISSING_IDS, EvalIdsError, EvalSelection
 from trainer.data.features import FrontEnd, build_frontend
 from trainer.data.manifest import VOCABULARY, Vocabulary
 from trainer.data.seeding import STEP, torch_seed
@@ -110,6 +111,8 @@ def main(argv: list[str] | None = None) -> dict:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.yaml")  # resolved: predict and PSL teachers rebuild the same features from it
         vocab.save(run_dir / VOCABULARY)
+        if data.eval_ids:
+            data.eval_ids.write_missing(run_dir / MISSING_IDS)
         accelerator.init_trackers(cfg.run.name, config=_flat(cfg.to_dict()))
     accelerator.wait_for_everyone()
     where = dict(rank=rank, world_size=world, device=accelerator.device)
@@ -128,6 +131,8 @@ def main(argv: list[str] | None = None) -> dict:
     log(f"data: {len(data.train)} train, {len(data.valid)} valid, {len(data.eval)} eval clips; "
         f"{len(vocab)} classes; {steps_per_epoch} steps/epoch on each of {world} processes; {train.num_threads} "
         f"DALI threads per process (data.num_threads: {cfg.data.num_threads})")
+    if data.eval_ids:
+        log(f"data.eval_ids: {data.eval_ids}")
 
     # ---- 2. Models -----------------------------------------------------------------------------
     model = build_model(cfg.model, len(vocab))
@@ -256,7 +261,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- 5. Best single model, weight averaging, checkpoint ensemble ---------------------------
     summary = finish(cfg, accelerator, accelerator.unwrap_model(model, keep_torch_compile=False), splits, result_split,
-                     vocab, strong, chunker, frontend)
+                     data.eval_ids, vocab, strong, chunker, frontend)
     accelerator.end_training()
     return summary
 
@@ -283,7 +288,8 @@ def _record(flush: Flush, on_nonfinite: str, accelerator: Accelerator, run_dir: 
 
 
 def finish(cfg: Config, accelerator: Accelerator, model: torch.nn.Module, splits: dict, result_split: str,
-           vocab: Vocabulary, strong, chunker: ChunkedTeacherStudent | None, frontend: FrontEnd) -> dict:
+           eval_ids: EvalSelection | None, vocab: Vocabulary, strong, chunker: ChunkedTeacherStudent | None,
+           frontend: FrontEnd) -> dict:
     run_dir = cfg.run_dir
     names = list(vocab.names)
     rows = results.read_rows(run_dir / "metrics.csv")
@@ -293,6 +299,8 @@ def finish(cfg: Config, accelerator: Accelerator, model: torch.nn.Module, splits
     evaluated, best_at = sorted(scores), best_epoch(scores)
     summary = {"selected_on": select, "best_epoch": best_at, "result_split": result_split,
                "epochs_trained": len(epochs), "stopped_early": len(epochs) < cfg.optim.epochs}
+    if eval_ids is not None:  # the results are on the listed clips present
+        summary["eval_ids"] = eval_ids.counts()
 
     # Each evaluated epoch's predictions were saved once; the best single model's are one of them.
     members = [Predictions.load(_prediction_path(run_dir, result_split, f"epoch_{e}")) for e in evaluated]
@@ -336,9 +344,9 @@ def finish(cfg: Config, accelerator: Accelerator, model: torch.nn.Module, splits
         best.save(_prediction_path(run_dir, result_split, "best"))
         wa.save(_prediction_path(run_dir, result_split, "wa"))
         ensemble.save(_prediction_path(run_dir, result_split, "ensemble"))
-        results.write_result(run_dir / "best_single_result.csv", metrics["best_single"])
-        results.write_result(run_dir / "wa_result.csv", metrics["weight_averaged"])
-        results.write_result(run_dir / "ensemble_result.csv", metrics["checkpoint_ensemble"])
+        results.write_result(run_dir / "best_single_result.csv", metrics["best_single"], eval_ids)
+        results.write_result(run_dir / "wa_result.csv", metrics["weight_averaged"], eval_ids)
+        results.write_result(run_dir / "ensemble_result.csv", metrics["checkpoint_ensemble"], eval_ids)
         results.write_per_class(run_dir / "best_single_per_class_ap.csv", metrics["best_single"])
         results.write_summary(run_dir / "summary.json", summary)
         accelerator.print(json.dumps(summary, indent=2))
@@ -370,5 +378,5 @@ if __name__ == "__main__":
     except Preempted as e:  # a checkpoint is saved: the run can go on with run.resume=true
         print(e, file=sys.stderr)
         sys.exit(e.code)
-    except (RunExists, NonFinite, SaveFailed, TooManyCorrupt, DeviceError) as e:
+    except (RunExists, NonFinite, SaveFailed, TooManyCorrupt, DeviceError, EvalIdsError) as e:
         sys.exit(f"error: {e}")
