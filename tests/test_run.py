@@ -35,6 +35,7 @@ def test_two_process_run_writes_psla_results(two_process_run: Path):
     assert summary["selected_on"] == "valid" and summary["result_split"] == "eval"
     assert summary["best_single"]["num_samples"] == 16  # every eval clip once, across both ranks
     assert summary["weight_averaged"]["epochs"] == [1, 2]
+    assert summary["checkpoint_ensemble"]["epochs"] == [1, 2]  # every epoch evaluated (train.eval_every 1)
     assert "best_single" in summary["chunk_level"]  # strong labels given: chunk-level evaluation ran
 
 

@@ -202,6 +202,7 @@ def _validate(cfg: Config, check_paths: bool) -> None:
         "optim.epochs": cfg.optim.epochs,
         "optim.lr": cfg.optim.lr,
         "optim.grad_accum": cfg.optim.grad_accum,
+        "train.eval_every": cfg.train.eval_every,
         "features.clip_seconds": cfg.features.clip_seconds,
     }
     for key, v in positive.items():
@@ -257,6 +258,8 @@ def _validate(cfg: Config, check_paths: bool) -> None:
                           f"{cfg.model.width_mult}; set model.width_mult=1.0 or model.pretrained=null")
     if cfg.evaluation.select_on == "eval" and not cfg.data.eval:
         raise ConfigError("evaluation.select_on: 'eval' needs data.eval")
+    if cfg.data.eval_ids and not cfg.data.eval:
+        raise ConfigError("data.eval_ids: selects eval clips; it needs data.eval")
     try:
         build_frontend(cfg.features)
     except ValueError as e:  # an option that does not apply to the front-end
@@ -269,7 +272,8 @@ def _validate(cfg: Config, check_paths: bool) -> None:
         teachers = teacher_members(cfg.psl.teacher) if cfg.psl.teacher else []
         for key, p in teachers + [("psl.oracle", cfg.psl.oracle), ("model.init", cfg.model.init),
                                   ("model.pretrained_file", cfg.model.pretrained_file),
-                                  ("evaluation.strong_labels", cfg.evaluation.strong_labels)]:
+                                  ("evaluation.strong_labels", cfg.evaluation.strong_labels),
+                                  ("data.eval_ids", cfg.data.eval_ids)]:
             if p is not None and not Path(p).exists():
                 raise ConfigError(f"{key}: {p} does not exist")
 

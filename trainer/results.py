@@ -9,6 +9,7 @@ from typing import Any
 import matplotlib
 
 from trainer.data.atomic import atomic_write
+from trainer.data.eval_ids import EvalSelection
 
 matplotlib.use("Agg")  # runs are headless
 import matplotlib.pyplot as plt  # noqa: E402
@@ -17,9 +18,16 @@ RESULT_FIELDS = ["mAP", "mAUC", "dprime", "num_samples", "num_skipped_ap", "keys
 
 
 def append_row(path: Path, row: dict[str, Any]) -> None:
-    new = not path.exists()
+    """Append ``row`` under the file's header (the first row's keys); a None value is an empty cell, a key
+    the header lacks is an error (every row has the first row's columns)."""
+    new = not path.exists() or path.stat().st_size == 0
+    if new:
+        fields = list(row)
+    else:
+        with open(path, newline="") as f:
+            fields = next(csv.reader(f))
     with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(row))
+        w = csv.DictWriter(f, fieldnames=fields)
         if new:
             w.writeheader()
         w.writerow(row)
@@ -32,6 +40,12 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def evaluated(rows: list[dict[str, str]], column: str) -> dict[int, float]:
+    """Epoch → ``column`` of the metrics.csv rows that have it: the evaluated epochs (the others' cells are
+    empty)."""
+    return {int(r["epoch"]): float(r[column]) for r in rows if r.get(column)}
+
+
 def truncate_rows(path: Path, keep: int) -> None:
     """Drop rows past the first ``keep`` (a resumed run rewrites what came after its checkpoint)."""
     rows = read_rows(path)
@@ -41,11 +55,16 @@ def truncate_rows(path: Path, keep: int) -> None:
             append_row(path, row)
 
 
-def write_result(path: Path, metrics: dict[str, Any]) -> None:
+def write_result(path: Path, metrics: dict[str, Any], eval_ids: EvalSelection | None = None) -> None:
+    """PSLA's result file; with an expected eval set (data.eval_ids) also how many of its clips were expected
+    and present (num_samples: how many the metrics were computed on)."""
+    row = scalar_metrics(metrics)
+    if eval_ids is not None:
+        row.update(eval_ids_expected=eval_ids.expected, eval_ids_present=eval_ids.present)
     with atomic_write(path, newline="") as f:
         w = csv.writer(f)
-        w.writerow(RESULT_FIELDS)
-        w.writerow([metrics[k] for k in RESULT_FIELDS])
+        w.writerow(row)
+        w.writerow(row.values())
 
 
 def write_per_class(path: Path, metrics: dict[str, Any]) -> None:
@@ -74,9 +93,9 @@ def plot_curves(metrics_csv: Path, out_png: Path) -> None:
     ax_loss.plot(epochs, [float(r["train_loss"]) for r in rows], marker="o")
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="Loss")
     for split in ("valid", "eval"):
-        col = f"{split}_mAP"
-        if col in rows[0] and rows[0][col] != "":
-            ax_map.plot(epochs, [float(r[col]) for r in rows], marker="o", label=split)
+        scores = evaluated(rows, f"{split}_mAP")
+        if scores:
+            ax_map.plot(list(scores), list(scores.values()), marker="o", label=split)
     ax_map.set(xlabel="epoch", ylabel="mAP", title="mAP")
     ax_map.legend()
     fig.tight_layout()

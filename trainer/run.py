@@ -2,8 +2,9 @@
 
     accelerate launch trainer/run.py configs/full_as.yaml [dotted.key=value ...]
 
-The story: build the data streams, build the models, train epoch by epoch (evaluating and checkpointing
-after each), then write the best single model, the weight-averaged model and the checkpoint ensemble.
+The story: build the data streams, build the models, train epoch by epoch (checkpointing after each and
+evaluating every train.eval_every epochs), then write the best single model, the weight-averaged model and
+the checkpoint ensemble.
 """
 from __future__ import annotations
 
@@ -32,12 +33,14 @@ from trainer.devices import DeviceError, resolve_device
 from trainer.data.chunks import Chunking
 from trainer.data.corrupt import CORRUPT_SAMPLES, CorruptLog, TooManyCorrupt
 from trainer.data.datasets import resolve_splits
+from trainer.data.eval_ids import MISSING_IDS, EvalIdsError, EvalSelection
 from trainer.data.features import FrontEnd, build_frontend
 from trainer.data.manifest import VOCABULARY, Vocabulary
 from trainer.data.seeding import STEP, torch_seed
 from trainer.data.streams import EvalStream, TrainStream, check_gpu_frontend
 from trainer.data.strong_labels import load_strong_labels
 from trainer.ensemble import mean_predictions
+from trainer.eval_schedule import EvalSchedule, best_epoch
 from trainer.evaluate import Predictions, predict_chunks, predict_clips
 from trainer.losses import training_loss
 from trainer.models import build_model, load_weights
@@ -110,6 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.yaml")  # resolved: predict and PSL teachers rebuild the same features from it
         vocab.save(run_dir / VOCABULARY)
+        if data.eval_ids:
+            data.eval_ids.write_missing(run_dir / MISSING_IDS)
         accelerator.init_trackers(cfg.run.name, config=_flat(cfg.to_dict()))
     accelerator.wait_for_everyone()
     where = dict(rank=rank, world_size=world, device=accelerator.device)
@@ -128,6 +133,8 @@ def main(argv: list[str] | None = None) -> dict:
     log(f"data: {len(data.train)} train, {len(data.valid)} valid, {len(data.eval)} eval clips; "
         f"{len(vocab)} classes; {steps_per_epoch} steps/epoch on each of {world} processes; {train.num_threads} "
         f"DALI threads per process (data.num_threads: {cfg.data.num_threads})")
+    if data.eval_ids:
+        log(f"data.eval_ids: {data.eval_ids}")
 
     # ---- 2. Models -----------------------------------------------------------------------------
     # One process downloads any ImageNet weights, the others read its cache; a resumed checkpoint has every weight.
@@ -163,15 +170,17 @@ def main(argv: list[str] | None = None) -> dict:
         results.truncate_rows(run_dir / "steps.csv", progress["global_step"])
     accelerator.wait_for_everyone()
     select = f"{cfg.evaluation.select_on}_mAP"
-    history = [float(r[select]) for r in results.read_rows(run_dir / "metrics.csv")]  # for early stopping
+    schedule = EvalSchedule(cfg.train.eval_every, cfg.optim.epochs, cfg.train.early_stop_patience,
+                            results.evaluated(results.read_rows(run_dir / "metrics.csv"), select))
 
     # ---- 4. Train ------------------------------------------------------------------------------
     global_step = progress["global_step"]
     steplog, preemption = StepLog(), Preemption()
     for epoch in range(progress["epoch"], cfg.optim.epochs):
-        if _no_longer_improving(history, cfg.train.early_stop_patience):
+        if schedule.stalled(epoch):
+            best = best_epoch(schedule.history)
             log(f"early stop: {select} has not improved for {cfg.train.early_stop_patience} epochs "
-                f"(best {max(history):.4f} in epoch {int(np.argmax(history)) + 1})")
+                f"(best {schedule.history[best]:.4f} in epoch {best})")
             break
         model.train()
         train.set_epoch(epoch)
@@ -227,20 +236,26 @@ def main(argv: list[str] | None = None) -> dict:
         if chunker is not None and chunker.teacher is not None:  # the teacher's cost, shown separately
             epoch_row["clips_per_s_without_teacher"] = clips / max(elapsed - chunker.teacher_seconds(), 1e-9)
 
-        # Evaluate this epoch's weights on every split; keep predictions for selection and ensembles.
+        # Evaluate this epoch's weights on every split when due; keep predictions for selection and ensembles.
+        # An epoch not evaluated has empty evaluation cells in metrics.csv (every row has the same columns).
         unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
+        due = schedule.due(epoch + 1)
         for split, stream in splits.items():
-            preds = predict_clips(unwrapped, stream, accelerator)
-            m = preds.metrics(list(vocab.names))
-            epoch_row.update({f"{split}_mAP": m["mAP"], f"{split}_mAUC": m["mAUC"], f"{split}_dprime": m["dprime"]})
-            if accelerator.is_main_process:
-                preds.save(_prediction_path(run_dir, split, f"epoch_{epoch + 1}"))
-        history.append(epoch_row[select])
-        log("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in epoch_row.items()))
+            m = {}
+            if due:
+                preds = predict_clips(unwrapped, stream, accelerator)
+                m = preds.metrics(list(vocab.names))
+                if accelerator.is_main_process:
+                    preds.save(_prediction_path(run_dir, split, f"epoch_{epoch + 1}"))
+            epoch_row.update({f"{split}_{k}": m.get(k) for k in ("mAP", "mAUC", "dprime")})
+        if due:
+            schedule.record(epoch + 1, epoch_row[select])
+        shown = {k: v for k, v in epoch_row.items() if v is not None}
+        log("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()))
         if accelerator.is_main_process:
             results.append_row(run_dir / "metrics.csv", epoch_row)
             results.plot_curves(run_dir / "metrics.csv", run_dir / "curves.png")
-            accelerator.log({f"epoch/{k}": v for k, v in epoch_row.items()}, step=global_step)
+            accelerator.log({f"epoch/{k}": v for k, v in shown.items()}, step=global_step)
             save_weights(unwrapped.state_dict(), run_dir / "models" / f"epoch_{epoch + 1}.pt")
         saved = save_checkpoint(accelerator, model, run_dir, global_step, {
             "epoch": epoch + 1, "step": 0, "global_step": global_step, "seed": cfg.run.seed,
@@ -251,7 +266,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- 5. Best single model, weight averaging, checkpoint ensemble ---------------------------
     summary = finish(cfg, accelerator, accelerator.unwrap_model(model, keep_torch_compile=False), splits, result_split,
-                     vocab, strong, chunker, frontend)
+                     data.eval_ids, vocab, strong, chunker, frontend)
     accelerator.end_training()
     return summary
 
@@ -277,27 +292,26 @@ def _record(flush: Flush, on_nonfinite: str, accelerator: Accelerator, run_dir: 
     return [r["loss"] for r in rows]
 
 
-def _no_longer_improving(history: list[float], patience: int | None) -> bool:
-    """PSL's early stopping: the selection split's mAP has not improved for ``patience`` epochs."""
-    return bool(patience and history) and len(history) - 1 - int(np.argmax(history)) >= patience
-
-
 def finish(cfg: Config, accelerator: Accelerator, model: torch.nn.Module, splits: dict, result_split: str,
-           vocab: Vocabulary, strong, chunker: ChunkedTeacherStudent | None, frontend: FrontEnd) -> dict:
+           eval_ids: EvalSelection | None, vocab: Vocabulary, strong, chunker: ChunkedTeacherStudent | None,
+           frontend: FrontEnd) -> dict:
     run_dir = cfg.run_dir
     names = list(vocab.names)
     rows = results.read_rows(run_dir / "metrics.csv")
     epochs = [int(r["epoch"]) for r in rows]
     select = cfg.evaluation.select_on
-    best_epoch = epochs[int(np.argmax([float(r[f"{select}_mAP"]) for r in rows]))]
-    summary = {"selected_on": select, "best_epoch": best_epoch, "result_split": result_split,
+    scores = results.evaluated(rows, f"{select}_mAP")
+    evaluated, best_at = sorted(scores), best_epoch(scores)
+    summary = {"selected_on": select, "best_epoch": best_at, "result_split": result_split,
                "epochs_trained": len(epochs), "stopped_early": len(epochs) < cfg.optim.epochs}
     if cfg.psl.teacher:  # the members whose mean chunk_level.teacher reports
         summary["teacher"] = _teacher_dirs(cfg)
+    if eval_ids is not None:  # the results are on the listed clips present
+        summary["eval_ids"] = eval_ids.counts()
 
-    # Each epoch's predictions were saved once; the best single model's are one of them.
-    members = [Predictions.load(_prediction_path(run_dir, result_split, f"epoch_{e}")) for e in epochs]
-    best = members[epochs.index(best_epoch)]
+    # Each evaluated epoch's predictions were saved once; the best single model's are one of them.
+    members = [Predictions.load(_prediction_path(run_dir, result_split, f"epoch_{e}")) for e in evaluated]
+    best = members[evaluated.index(best_at)]
 
     wa_end = cfg.train.wa_end or cfg.optim.epochs
     # a run stopped early before wa_start averages its last epoch alone; "epochs" says which were averaged
@@ -314,7 +328,7 @@ def finish(cfg: Config, accelerator: Accelerator, model: torch.nn.Module, splits
     summary["best_single"] = results.scalar_metrics(metrics["best_single"])
     summary["weight_averaged"] = {"epochs": [wa_epochs[0], wa_epochs[-1]],
                                   **results.scalar_metrics(metrics["weight_averaged"])}
-    summary["checkpoint_ensemble"] = {"epochs": len(members), **results.scalar_metrics(metrics["checkpoint_ensemble"])}
+    summary["checkpoint_ensemble"] = {"epochs": evaluated, **results.scalar_metrics(metrics["checkpoint_ensemble"])}
     for split, stream in splits.items():  # clips that failed to decode: left out of the metrics, never silently
         missing = dict(gather_object(sorted(stream.missing.items())))
         if missing:
@@ -324,7 +338,7 @@ def finish(cfg: Config, accelerator: Accelerator, model: torch.nn.Module, splits
         chunking = Chunking.of(frontend, cfg.evaluation.chunk_seconds)
         summary["chunk_seconds"] = chunking.seconds
         stream = splits[result_split]
-        load_weights(model, run_dir / "models" / f"epoch_{best_epoch}.pt")
+        load_weights(model, run_dir / "models" / f"epoch_{best_at}.pt")
         for name, m in (("best_single", model),) + ((("teacher", chunker.teacher),) if chunker and chunker.teacher else ()):
             preds = predict_chunks(m, stream, accelerator, strong, chunking)
             if preds is not None:
@@ -332,14 +346,14 @@ def finish(cfg: Config, accelerator: Accelerator, model: torch.nn.Module, splits
 
     if accelerator.is_main_process:
         models = run_dir / "models"
-        copy_weights(models / f"epoch_{best_epoch}.pt", models / "best.pt")
+        copy_weights(models / f"epoch_{best_at}.pt", models / "best.pt")
         save_weights(wa_state, models / "wa.pt")
         best.save(_prediction_path(run_dir, result_split, "best"))
         wa.save(_prediction_path(run_dir, result_split, "wa"))
         ensemble.save(_prediction_path(run_dir, result_split, "ensemble"))
-        results.write_result(run_dir / "best_single_result.csv", metrics["best_single"])
-        results.write_result(run_dir / "wa_result.csv", metrics["weight_averaged"])
-        results.write_result(run_dir / "ensemble_result.csv", metrics["checkpoint_ensemble"])
+        results.write_result(run_dir / "best_single_result.csv", metrics["best_single"], eval_ids)
+        results.write_result(run_dir / "wa_result.csv", metrics["weight_averaged"], eval_ids)
+        results.write_result(run_dir / "ensemble_result.csv", metrics["checkpoint_ensemble"], eval_ids)
         results.write_per_class(run_dir / "best_single_per_class_ap.csv", metrics["best_single"])
         results.write_summary(run_dir / "summary.json", summary)
         accelerator.print(json.dumps(summary, indent=2))
@@ -375,5 +389,6 @@ if __name__ == "__main__":
     except Preempted as e:  # a checkpoint is saved: the run can go on with run.resume=true
         print(e, file=sys.stderr)
         sys.exit(e.code)
-    except (RunExists, NonFinite, SaveFailed, TooManyCorrupt, DeviceError, PretrainedUnavailable) as e:
+    except (RunExists, NonFinite, SaveFailed, TooManyCorrupt, DeviceError, PretrainedUnavailable,
+            EvalIdsError) as e:
         sys.exit(f"error: {e}")

@@ -45,6 +45,7 @@ class TrainConfig:
     wa_start: int = 1  # weight averaging over epochs wa_start..wa_end (1-based, inclusive)
     wa_end: Optional[int] = None  # default: the last epoch
     log_every: int = 10
+    eval_every: int = 1  # evaluate every this many epochs, and always the last and one where training would stop early
     early_stop_patience: Optional[int] = None  # stop when the selection split's mAP has not improved for this many epochs
     on_nonfinite: Literal["fail", "skip_step"] = "fail"  # skip_step: drop such steps (costs a host sync a step)
     stop_after_steps: Optional[int] = None  # tests: exit abruptly after this many steps, as a kill would

@@ -11,11 +11,12 @@ import os
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from braceexpand import braceexpand
 
+from trainer.data.eval_ids import EvalSelection, select_listed
 from trainer.data.manifest import DATASET_INFO, VOCABULARY, RecordTable, Vocabulary, key_hash, read_manifest
 from trainer.data.settings import DataConfig, FeatureConfig
 
@@ -27,6 +28,7 @@ class Splits:
     eval: RecordTable
     vocab: Vocabulary
     feature_stats: dict  # dataset.json "feature_stats" of the first training dataset ({} if none)
+    eval_ids: Optional[EvalSelection] = None  # with data.eval_ids: eval holds the listed clips only
 
     def feature_config(self, cfg: FeatureConfig) -> FeatureConfig:
         """``cfg`` with norm_mean/std taken from the dataset's stats where the config leaves them None."""
@@ -149,7 +151,10 @@ def resolve_splits(cfg: DataConfig) -> Splits:
         held = holdout_mask(train, cfg.valid_fraction)
         train, valid = train.take(~held), train.take(held)
     evals, _ = _same_vocab(cfg.eval, vocab) if cfg.eval else (RecordTable.from_records([]), None)
-    return Splits(train, valid, evals, vocab, info.get("feature_stats", {}))
+    selection = None
+    if cfg.eval_ids:
+        evals, selection = select_listed(evals, cfg.eval_ids)
+    return Splits(train, valid, evals, vocab, info.get("feature_stats", {}), selection)
 
 
 def _same_vocab(specs: Sequence[str], vocab: Vocabulary) -> tuple[RecordTable, Vocabulary]:

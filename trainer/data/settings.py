@@ -36,6 +36,7 @@ class DataConfig:
     valid: list[str] = field(default_factory=list)  # empty: hold out valid_fraction of train
     valid_fraction: float = 0.1
     eval: list[str] = field(default_factory=list)
+    eval_ids: Optional[str] = None  # the expected eval clip ids (see eval_ids.py); results on those present
     global_batch_size: Optional[int] = None  # the recipe's batch over all processes (PSLA 100, PSL 32) ...
     batch_size: Optional[int] = None  # ... or the batch per process (default 32)
     max_batch_per_process: Optional[int] = None  # memory cap: a larger per-process batch accumulates gradients
