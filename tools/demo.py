@@ -6,7 +6,7 @@ chunk labels).
 
     python -m tools.demo [--table quick|full] [--seeds 0 1 2] [--processes 2]
 
-``quick`` (the default, ~15 min on 2 cores) trains the teacher, weak-10s and PSL-2s; ``full`` adds PSL-10s,
+``quick`` (the default, within 15 min on 2 cores) trains the teacher, weak-10s and PSL-2s; ``full`` adds PSL-10s,
 PSL-5s, teacher-student 2 s (α = 0.5), an oracle 2 s student trained on the true chunk labels (what perfect
 pseudo labels would give) and weak-2s (chunks that inherit their clip's label). Finished runs are reused.
 Writes runs/demo_table.md and runs/demo_table.png (clip and chunk mAP per row, with the seeds' spread).
