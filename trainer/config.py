@@ -2,7 +2,8 @@
 
 The sections are the packages' own settings dataclasses (trainer/data/settings.py,
 trainer/models/settings.py, trainer/settings.py); this module composes them, loads YAML into them, validates
-the whole and saves it. An unknown key, a wrong type or a missing dataset is one clear error naming the
+the whole and saves it. Each section's ``validate()`` checks its own settings (every number within its domain);
+the rules across sections are here. An unknown key, a wrong type or a missing dataset is one clear error naming the
 dotted key. The resolved config is saved in the run directory with every run.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from trainer.data.chunks import Chunking
 from trainer.data.datasets import spec_exists
 from trainer.data.features import build_frontend
 from trainer.data.settings import AugmentConfig, DataConfig, FeatureConfig
@@ -194,76 +196,34 @@ def load_config(path: str | Path | None, overrides: list[str] = (), check_paths:
 
 
 def _validate(cfg: Config, check_paths: bool) -> None:
-    positive = {
-        "data.batch_size": cfg.data.batch_size or 1,
-        "data.global_batch_size": cfg.data.global_batch_size or 1,
-        "data.max_batch_per_process": cfg.data.max_batch_per_process or 1,
-        "evaluation.batch_size": cfg.evaluation.batch_size,
-        "optim.epochs": cfg.optim.epochs,
-        "optim.lr": cfg.optim.lr,
-        "optim.grad_accum": cfg.optim.grad_accum,
-        "train.eval_every": cfg.train.eval_every,
-        "features.clip_seconds": cfg.features.clip_seconds,
-    }
-    for key, v in positive.items():
-        if v <= 0:
-            raise ConfigError(f"{key}: must be positive, got {v}")
-    if cfg.data.num_threads != "auto" and cfg.data.num_threads <= 0:
-        raise ConfigError(f"data.num_threads: must be positive or auto, got {cfg.data.num_threads}")
-    if cfg.data.readahead < 0:
-        raise ConfigError(f"data.readahead: must be 0 (off) or more batches, got {cfg.data.readahead}")
+    for section in dataclasses.fields(cfg):  # each section checks its own settings ...
+        try:
+            getattr(cfg, section.name).validate(section.name)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    # ... and the rules across sections are here
     if not 1 <= cfg.train.wa_start <= (cfg.train.wa_end or cfg.optim.epochs) <= cfg.optim.epochs:
         raise ConfigError(f"train.wa_start/wa_end: need 1 <= wa_start <= wa_end <= optim.epochs, got "
                           f"{cfg.train.wa_start}, {cfg.train.wa_end}, {cfg.optim.epochs}")
-    if cfg.data.global_batch_size is not None and cfg.data.batch_size is not None:
-        raise ConfigError("data.batch_size: set the batch per process or data.global_batch_size, not both")
     if cfg.data.global_batch_size is not None and cfg.optim.grad_accum != 1:
         raise ConfigError("optim.grad_accum: with data.global_batch_size, accumulation follows from "
                           "data.max_batch_per_process; leave optim.grad_accum at 1")
-    if cfg.run.resume and cfg.run.overwrite:
-        raise ConfigError("run.overwrite: cannot both resume a run and start it over; set one of run.resume, run.overwrite")
-    if not 0.0 <= cfg.data.max_corrupt_fraction < 1.0:
-        raise ConfigError(f"data.max_corrupt_fraction: must be in [0, 1), got {cfg.data.max_corrupt_fraction}")
-    if not 0.0 <= cfg.psl.alpha <= 1.0:
-        raise ConfigError(f"psl.alpha: must be in [0, 1], got {cfg.psl.alpha}")
-    if not 0.0 <= cfg.augment.mixup <= 1.0:
-        raise ConfigError(f"augment.mixup: a rate in [0, 1], got {cfg.augment.mixup}")
-    if cfg.psl.teacher == []:
-        raise ConfigError("psl.teacher: an empty list; give at least one run directory, or leave it unset")
-    if (cfg.psl.teacher or cfg.psl.oracle) and cfg.psl.chunk_seconds is None:
-        raise ConfigError("psl.chunk_seconds: required when psl.teacher or psl.oracle is set")
-    if cfg.psl.teacher and cfg.psl.oracle:
-        raise ConfigError("psl.oracle: the chunk labels come from the teacher or from the oracle, not both")
     if cfg.psl.oracle and any((cfg.augment.mixup, cfg.augment.batch_mixup_alpha, cfg.augment.time_shift)):
         raise ConfigError("psl.oracle: true chunk labels cannot follow mixup or time shifts; set augment.mixup, "
                           "augment.batch_mixup_alpha and augment.time_shift to 0")
-    if cfg.psl.targets == "hard" and not cfg.psl.teacher:
-        raise ConfigError("psl.targets: 'hard' thresholds a teacher's probabilities; set psl.teacher")
-    if not 0.0 < cfg.psl.threshold < 1.0:
-        raise ConfigError(f"psl.threshold: must be in (0, 1), got {cfg.psl.threshold}")
-    if cfg.train.early_stop_patience is not None and cfg.train.early_stop_patience < 1:
-        raise ConfigError(f"train.early_stop_patience: must be at least 1, got {cfg.train.early_stop_patience}")
-    if not cfg.data.train:
-        raise ConfigError("data.train: at least one dataset is required")
-    if not cfg.data.valid and not 0.0 < cfg.data.valid_fraction < 1.0:
-        raise ConfigError("data.valid_fraction: must be in (0, 1) when data.valid is empty")
-    if cfg.model.pretrained and cfg.model.init:
-        raise ConfigError("model.init: a run's checkpoint replaces every weight, ImageNet's included; set "
-                          "model.init or model.pretrained, not both (model.pretrained=null to start from model.init)")
-    if cfg.model.pretrained_file and not cfg.model.pretrained:
-        raise ConfigError("model.pretrained_file: a local copy of the ImageNet weights; set model.pretrained: imagenet "
-                          "to use it")
-    if cfg.model.pretrained and cfg.model.name == "mobilenetv2" and cfg.model.width_mult != 1.0:
-        raise ConfigError(f"model.width_mult: torchvision's ImageNet MobileNetV2 weights are for width_mult 1.0, got "
-                          f"{cfg.model.width_mult}; set model.width_mult=1.0 or model.pretrained=null")
     if cfg.evaluation.select_on == "eval" and not cfg.data.eval:
         raise ConfigError("evaluation.select_on: 'eval' needs data.eval")
-    if cfg.data.eval_ids and not cfg.data.eval:
-        raise ConfigError("data.eval_ids: selects eval clips; it needs data.eval")
     try:
-        build_frontend(cfg.features)
+        frontend = build_frontend(cfg.features)
     except ValueError as e:  # an option that does not apply to the front-end
         raise ConfigError(f"features.{e}") from None
+    for key, seconds, hop in (("evaluation.chunk_seconds", cfg.evaluation.chunk_seconds, None),
+                              ("psl.chunk_seconds", cfg.psl.chunk_seconds, cfg.psl.chunk_hop)):
+        try:  # at least one frame of this front-end
+            if seconds is not None:
+                Chunking.of(frontend, seconds, hop)
+        except ValueError as e:
+            raise ConfigError(f"{key}: {e}") from None
     if check_paths:
         for split in ("train", "valid", "eval"):
             for i, spec in enumerate(getattr(cfg.data, split)):

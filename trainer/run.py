@@ -32,7 +32,7 @@ from trainer.cpu_tuning import configure_cpu
 from trainer.devices import DeviceError, resolve_device
 from trainer.data.chunks import Chunking
 from trainer.data.corrupt import CORRUPT_SAMPLES, CorruptLog, TooManyCorrupt
-from trainer.data.datasets import resolve_splits
+from trainer.data.datasets import SplitError, resolve_splits
 from trainer.data.eval_ids import MISSING_IDS, EvalIdsError, EvalSelection
 from trainer.data.features import FrontEnd, build_frontend
 from trainer.data.manifest import VOCABULARY, Vocabulary
@@ -63,6 +63,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
+    try:  # before any work: an empty split or a dataset listed twice stops here, not at the first evaluation
+        data = resolve_splits(cfg.data)
+    except SplitError as e:
+        raise ConfigError(str(e)) from None
     run_dir = cfg.run_dir
     claim_run_dir(run_dir, cfg.run.resume, cfg.run.overwrite)  # before any work: never over another run's results
     device = resolve_device(cfg.train.device)
@@ -102,7 +106,8 @@ def main(argv: list[str] | None = None) -> dict:
     set_seed(cfg.run.seed)
 
     # ---- 1. Data -------------------------------------------------------------------------------
-    data = resolve_splits(cfg.data)
+    for warning in data.warnings:
+        log(f"warning: {warning}")
     vocab = data.vocab
     cfg.features = data.feature_config(cfg.features)  # normalisation stats from dataset.json where unset
     frontend = build_frontend(cfg.features)

@@ -9,7 +9,7 @@ import dataclasses
 import json
 import os
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -29,6 +29,7 @@ class Splits:
     vocab: Vocabulary
     feature_stats: dict  # dataset.json "feature_stats" of the first training dataset ({} if none)
     eval_ids: Optional[EvalSelection] = None  # with data.eval_ids: eval holds the listed clips only
+    warnings: list[str] = field(default_factory=list)  # for the run's log: e.g. eval clips that are also trained on
 
     def feature_config(self, cfg: FeatureConfig) -> FeatureConfig:
         """``cfg`` with norm_mean/std taken from the dataset's stats where the config leaves them None."""
@@ -38,6 +39,11 @@ class Splits:
             norm_mean=cfg.norm_mean if cfg.norm_mean is not None else stats.get("mean"),
             norm_std=cfg.norm_std if cfg.norm_std is not None else stats.get("std"),
         )
+
+
+class SplitError(ValueError):
+    """A split that cannot be trained or evaluated on (empty, or a dataset listed twice), found before any work;
+    the message starts with the ``data.`` key to change."""
 
 
 def index_path(shard: Path) -> Path:
@@ -142,19 +148,63 @@ def holdout_mask(records: RecordTable, fraction: float) -> np.ndarray:
 
 
 def resolve_splits(cfg: DataConfig) -> Splits:
+    """The train, valid and eval records of ``cfg``: a SplitError when a split would be empty or a list names one
+    dataset's shards twice; eval (or data.valid) clips that are also training clips are a warning with the count."""
+    for split in ("train", "valid", "eval"):
+        _check_distinct(f"data.{split}", getattr(cfg, split))
     train, vocab, info = load_many(cfg.train)
     if vocab is None:
         raise ValueError("data.train: at least one dataset is required")
+    _check_not_empty("data.train", cfg.train, train)
+    warnings = []
     if cfg.valid:
         valid, _ = _same_vocab(cfg.valid, vocab)
+        _check_not_empty("data.valid", cfg.valid, valid)
+        warnings += _shared_with_train("data.valid", valid, train)
     else:
         held = holdout_mask(train, cfg.valid_fraction)
+        if held.all() or not held.any():
+            raise SplitError(f"data.valid_fraction: {cfg.valid_fraction} of the {len(train)} training clips holds out "
+                             f"{int(held.sum())} for validation, leaving {int((~held).sum())} to train on; change it, "
+                             f"or list a validation set in data.valid")
         train, valid = train.take(~held), train.take(held)
     evals, _ = _same_vocab(cfg.eval, vocab) if cfg.eval else (RecordTable.from_records([]), None)
+    if cfg.eval:
+        _check_not_empty("data.eval", cfg.eval, evals)
     selection = None
     if cfg.eval_ids:
         evals, selection = select_listed(evals, cfg.eval_ids)
-    return Splits(train, valid, evals, vocab, info.get("feature_stats", {}), selection)
+    warnings += _shared_with_train("data.eval", evals, train)
+    return Splits(train, valid, evals, vocab, info.get("feature_stats", {}), selection, warnings)
+
+
+def _check_distinct(key: str, specs: Sequence[str]) -> None:
+    """A SplitError when two of ``specs`` select some of the same shards of one dataset (directories compared
+    resolved, links followed): each of their clips would count twice."""
+    seen: list[tuple[Path, set[str] | None]] = []
+    for i, spec in enumerate(specs):
+        root, selected = _split_spec(spec)
+        for j, (other, other_selected) in enumerate(seen):
+            if root == other and (selected is None or other_selected is None or selected & other_selected):
+                raise SplitError(f"{key}[{i}]: {spec} lists shards of {root} that {key}[{j}] ({specs[j]}) already "
+                                 f"lists; each of their clips would count twice")
+        seen.append((root, selected))
+
+
+def _check_not_empty(key: str, specs: Sequence[str], records: RecordTable) -> None:
+    if not len(records):
+        raise SplitError(f"{key}: {', '.join(specs)} hold 0 clips")
+
+
+def _shared_with_train(key: str, records: RecordTable, train: RecordTable) -> list[str]:
+    """A warning (in a list, none if nothing is shared) counting the ``records`` whose key is a training clip's."""
+    candidates = np.flatnonzero(np.isin(records.key_hash, train.key_hash))  # hashes first, then the keys
+    found = train.find(records.keys(candidates))
+    shared = sum(records.key(i) in found for i in candidates)
+    if not shared:
+        return []
+    return [f"{key}: {shared} of its {len(records)} clips are also training clips (the same keys after the "
+            f"validation hold-out); their scores are not held out"]
 
 
 def _same_vocab(specs: Sequence[str], vocab: Vocabulary) -> tuple[RecordTable, Vocabulary]:

@@ -9,6 +9,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
+from trainer.bounds import check_range
+
 
 @dataclass(frozen=True)
 class LoaderSettings:
@@ -48,6 +50,29 @@ class DataConfig:
     on_corrupt: Literal["fail", "skip"] = "skip"  # a training sample that does not decode: stop, or skip and log it
     max_corrupt_fraction: float = 0.001  # stop when more of the training set than this has been skipped
 
+    def validate(self, section: str) -> None:
+        """ValueError naming the dotted key of the first setting out of its domain or at odds with another.
+        What needs the datasets read (an empty split, a dataset listed twice) is checked by resolve_splits."""
+        if not self.train:
+            raise ValueError(f"{section}.train: at least one dataset is required")
+        if not self.valid and not 0.0 < self.valid_fraction < 1.0:
+            raise ValueError(f"{section}.valid_fraction: must be in (0, 1) when {section}.valid is empty, "
+                             f"got {self.valid_fraction!r}")
+        if self.eval_ids and not self.eval:
+            raise ValueError(f"{section}.eval_ids: selects eval clips; it needs {section}.eval")
+        check_range(f"{section}.global_batch_size", self.global_batch_size, 0, low_open=True, unset="set batch_size instead")
+        check_range(f"{section}.batch_size", self.batch_size, 0, low_open=True, unset="32 per process")
+        check_range(f"{section}.max_batch_per_process", self.max_batch_per_process, 0, low_open=True, unset="no cap")
+        if self.global_batch_size is not None and self.batch_size is not None:
+            raise ValueError(f"{section}.batch_size: set the batch per process or {section}.global_batch_size, "
+                             f"not both")
+        check_range(f"{section}.num_samples", self.num_samples, 0, low_open=True, unset="the training set's size")
+        if self.num_threads != "auto" and self.num_threads <= 0:
+            raise ValueError(f"{section}.num_threads: must be positive or auto, got {self.num_threads}")
+        check_range(f"{section}.prefetch", self.prefetch, 0, low_open=True)
+        check_range(f"{section}.readahead", self.readahead, 0)  # 0: off
+        check_range(f"{section}.max_corrupt_fraction", self.max_corrupt_fraction, 0, 1, high_open=True)
+
     def batch_plan(self, world_size: int) -> tuple[int, int]:
         """(clips per process and step, gradient accumulation steps) for ``world_size`` processes: the global
         batch split evenly (a ValueError naming the process counts that divide it otherwise), then split
@@ -77,6 +102,14 @@ class FeatureConfig:
     norm_mean: Optional[float] = None  # kaldi_fbank only; None: the dataset's stats, else PSLA's -4.6476
     norm_std: Optional[float] = None
 
+    def validate(self, section: str) -> None:
+        """ValueError naming the dotted key of the first setting out of its domain (which options apply to the
+        front-end is build_frontend's check)."""
+        check_range(f"{section}.clip_seconds", self.clip_seconds, 0, low_open=True)
+        check_range(f"{section}.target_frames", self.target_frames, 0, low_open=True, unset="the front-end's")
+        check_range(f"{section}.norm_mean", self.norm_mean, unset="the dataset's")
+        check_range(f"{section}.norm_std", self.norm_std, 0, low_open=True, unset="the dataset's")
+
 
 @dataclass
 class AugmentConfig:
@@ -89,3 +122,10 @@ class AugmentConfig:
     batch_mixup_alpha: float = 0.0  # >0: every clip mixed with a permuted partner, λ ~ Beta(α, α)
     time_shift: float = 0.0  # max random roll, seconds
     gain_db: float = 0.0  # max random gain, ± dB
+
+    def validate(self, section: str) -> None:
+        """ValueError naming the dotted key of the first setting out of its domain (0 turns each one off)."""
+        for name in ("freqm", "timem", "batch_mixup_alpha", "time_shift", "gain_db"):
+            check_range(f"{section}.{name}", getattr(self, name), 0)
+        check_range(f"{section}.mixup", self.mixup, 0, 1)
+        check_range(f"{section}.mixup_alpha", self.mixup_alpha, 0, low_open=True)  # Beta(α, α) needs α > 0
