@@ -109,11 +109,14 @@ def plot(stats: dict, seeds: list[int], out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--table", choices=sorted(TABLES), default="quick")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--processes", type=int, default=2, help="Accelerate processes (gloo on CPU)")
-    p.add_argument("--clips", type=int, default=1200, help="clips of the large (unbalanced) split")
-    p.add_argument("--eval-clips", type=int, default=300)
+    p.add_argument("--table", choices=sorted(TABLES), default="quick",
+                   help="quick: teacher, weak-10s, PSL-2s; full: all eight rows (default: %(default)s)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="train every row once per seed; the table shows mean ± half the range (default: 0)")
+    p.add_argument("--processes", type=int, default=2, help="Accelerate processes (gloo on CPU) (default: %(default)s)")
+    p.add_argument("--clips", type=int, default=1200,
+                   help="clips of the large (unbalanced) split (default: %(default)s)")
+    p.add_argument("--eval-clips", type=int, default=300, help="clips of the eval split (default: %(default)s)")
     args = p.parse_args(argv)
     build_data(args.clips, args.eval_clips)
     names = TABLES[args.table]

@@ -302,14 +302,17 @@ def make_synthetic(out: str | Path, clips: int = 1200, eval_clips: int = 300, cl
 
 def main(argv: Iterable[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.make_synthetic", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--clips", type=int, default=1200, help="clips of the unbalanced (large) training split")
+    p.add_argument("--out", type=Path, required=True, help="output directory (audio, split JSONs, labels)")
+    p.add_argument("--clips", type=int, default=1200,
+                   help="clips of the unbalanced (large) training split (default: %(default)s)")
     p.add_argument("--valid-clips", type=int, default=None, help="held-out clips (default: a tenth of --clips)")
-    p.add_argument("--eval-clips", type=int, default=300)
-    p.add_argument("--classes", type=int, default=10)
-    p.add_argument("--balanced-per-class", type=int, default=20, help="clips per class in the balanced subset")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes rendering clips")
+    p.add_argument("--eval-clips", type=int, default=300, help="clips of the eval split (default: %(default)s)")
+    p.add_argument("--classes", type=int, default=10, help="classes (default: %(default)s)")
+    p.add_argument("--balanced-per-class", type=int, default=20,
+                   help="clips per class in the balanced subset (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the whole world (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="processes rendering clips (default: %(default)s, this machine's cores)")
     a = p.parse_args(argv)
     vocab = make_synthetic(a.out, a.clips, a.eval_clips, a.classes, a.seed, a.valid_clips, a.balanced_per_class,
                            a.workers)

@@ -154,9 +154,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m trainer.predict", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="run directory (holds config.yaml, models/)")
     p.add_argument("--weights", choices=("best", "wa"), default="best",
-                   help="best single epoch or the weight-averaged model")
-    p.add_argument("--top-k", type=int, default=5, help="labels shown per file and per chunk")
-    p.add_argument("--chunk-seconds", type=float, default=2.0, help="timeline chunk length")
+                   help="best single epoch or the weight-averaged model (default: %(default)s)")
+    p.add_argument("--top-k", type=int, default=5, help="labels shown per file and per chunk (default: %(default)s)")
+    p.add_argument("--chunk-seconds", type=float, default=2.0,
+                   help="timeline chunk length in seconds (default: %(default)s s)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("files", nargs="+", help="audio files in any format libsndfile reads")
     args = p.parse_args(argv)
