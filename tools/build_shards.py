@@ -328,9 +328,9 @@ def main(argv: Iterable[str] | None = None) -> int:
                         "exits non-zero (default: %(default)s)")
     p.add_argument("--shuffle", action="store_true", help="shuffle the inputs (with --seed) before sharding")
     p.add_argument("--seed", type=int, default=0, help="seed of --shuffle (default: %(default)s)")
-    p.add_argument("--part", type=int, default=0,
+    p.add_argument("--part", type=int, default=0, metavar="I",
                    help="build only slice I of --num-parts (inputs I, I+N, ...; default: %(default)s)")
-    p.add_argument("--num-parts", type=int, default=1,
+    p.add_argument("--num-parts", type=int, default=1, metavar="N",
                    help="slices N of the inputs, one build each, e.g. a Slurm array's tasks (default: %(default)s)")
     p.add_argument("--weight-offset", type=float, default=0.01,
                    help="PSLA sample weight 1000 / (class count + offset); PaSST: 100 "
