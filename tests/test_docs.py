@@ -84,9 +84,10 @@ def _world(accelerate_args: list[str]) -> int:
 def classify(text: str) -> dict:
     """The check for one command line: a job for doc_commands.py, {"exists": path}, {"plain": True} or
     {"error": why}."""
-    argv = shlex.split(text, comments=True)
+    argv, env = shlex.split(text, comments=True), {}
     while argv and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", argv[0]):  # VAR=value prefixes
-        argv = argv[1:]
+        name, _, value = argv.pop(0).partition("=")
+        env[name] = value
     if not argv:
         return {"plain": True}
     head = argv[0]
@@ -94,7 +95,8 @@ def classify(text: str) -> dict:
         if argv[1:2] == ["-m"]:
             return {"kind": "help", "module": argv[2]}
         if argv[1] == "trainer/run.py":
-            return {"kind": "check", "argv": [a for a in argv[2:] if a != "--check"], "world": 1}
+            return {"kind": "check", "argv": [a for a in argv[2:] if a != "--check"],
+                    "world": int(env.get("WORLD_SIZE", 1))}
         if argv[1].endswith(".py"):
             return {"kind": "help", "path": argv[1]}
     if argv[:2] == ["accelerate", "launch"]:
@@ -142,6 +144,7 @@ def test_extraction() -> None:
         {"kind": "check", "argv": ["configs/demo.yaml", "optim.lr=1e-3"], "world": 2}
     assert classify("accelerate launch --config_file accelerate_config.yaml trainer/run.py configs/full_as.yaml")[
         "world"] == 4
+    assert classify("WORLD_SIZE=8 python trainer/run.py configs/psl_base.yaml --check")["world"] == 8
     assert "error" in classify("rm -rf runs")
 
 
