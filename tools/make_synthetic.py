@@ -348,13 +348,16 @@ def missing_rate(label_sets: Iterable[Iterable[str]], mid: str, below: Iterable[
 
 class World:
     """The audioset-like world's classes (``choose_trees``): only leaves have sounds; a class is in a clip when a
-    leaf at or below it is, and a leaf is when the clip's AudioSet label set has it or a class below it."""
+    leaf at or below it is, and a leaf is when the clip's AudioSet label set has it or a class only below it."""
 
     def __init__(self, parent: dict[str, str | None], onto: audioset.Ontology, order: list[str]) -> None:
         self.parent, self.classes = parent, order
         self.leaves = [m for m in order if m not in parent.values()]
         self.above = {m: self._chain(m) for m in order}
-        self.makers = {m: {m} | onto.descendants(m) for m in self.leaves}  # labels that put a leaf in a clip
+        # the labels that put a leaf in a clip: its own and those of classes only below it (Bark under Dog, but
+        # not Hiss, under Cat and Onomatopoeia, nor Growling, under Dog and Cat: those say no more than "a sound")
+        self.makers = {m: {m} | {d for d in onto.descendants(m) if onto.ancestors(d) <= onto.ancestors(m) | {m}
+                                 | onto.descendants(m)} for m in self.leaves}
 
     def _chain(self, m: str) -> tuple[str, ...]:
         up = []
@@ -375,11 +378,12 @@ class World:
         return tuple(m for m in self.classes if m in present)
 
     def rates(self, label_sets: list[list[str]], errors: Errors) -> dict[str, dict[str, float]]:
-        """Per class: the measured rate (``missing_rate`` over ``below``: 0 for a class nothing in AudioSet's
-        ontology sits below), and the rate used, ``MISSING_SCALES[errors.missing] · (1 − (1 − m)(1 − u))``."""
+        """Per class: the measured rate m, ``missing_rate`` over ``below``: of AudioSet's label sets that make a
+        clip of the class here, the fraction without its label (0 for a class with nothing below it in AudioSet's
+        ontology), and the rate used, ``MISSING_SCALES[errors.missing] · (1 − (1 − m)(1 − u))``."""
         out = {}
         for m in self.classes:
-            n, measured = missing_rate(label_sets, m, self.below(m) - {m})
+            n, measured = missing_rate(label_sets, m, self.below(m))
             used = MISSING_SCALES[errors.missing] * (1 - (1 - measured) * (1 - errors.unnominated_rate))
             out[m] = {"sets": n, "measured": round(measured, 4), "used": round(used, 4)}
         return out
