@@ -1,7 +1,7 @@
 """Generate an AudioSet-like synthetic dataset: real label sets, AudioSet's event sparsity, true onsets.
 
     python -m tools.make_synthetic --out DIR [--clips 1200 --valid-clips 120 --eval-clips 300 --classes 10
-                                              --balanced-per-class 20 --seed 0]
+                                              --balanced-per-class 20 --seed 0] [--world audioset-like ...]
 
 K classes that co-occur often are chosen from AudioSet's balanced set; each clip takes a real label set
 projected onto them, so imbalance and co-occurrence are real. Each class has its own kind of sound (up to
@@ -25,6 +25,40 @@ eval label sets). Writes DIR/audio/{unbalanced,valid,eval}/{segment_id}.{wav,fla
 DIR/{split}.json (PSLA datafiles; balanced.json lists unbalanced clips), DIR/{split}_strong.tsv (AudioSet
 strong format; segment ids equal the keys tools.build_shards derives), DIR/class_labels_indices.csv (the
 K classes) and DIR/classes.csv.
+
+That is the **clean** world (the default, and the control): every label true, every class its own sound.
+``--world audioset-like`` adds what AudioSet's labels get wrong:
+
+- **Hierarchy.** The classes are small sub-trees of AudioSet's ontology (``choose_trees``; at 10 classes:
+  Vehicle ⊃ {Boat ⊃ {Rowboat, Motorboat}, Rail transport} and Animal ⊃ {Domestic animals ⊃ {Dog, Cat},
+  Livestock}). Only leaves have sounds; a parent's sound is its children's, so a clip of Dog has Domestic animals
+  and Animal too. A clip's true classes come from a real label set: a leaf is there when the set has it or a class
+  only below it (Bark: Dog); its ancestors with it. Strong labels and ``{split}_clean.json`` hold these.
+- **Missing labels**, in ``{split}.json`` (the weak labels: what models train on), each true class left out
+  independently at ``(1 − (1 − m)(1 − u)) × {0, ½, 1}`` (``--missing 0|half|audioset``). ``m`` is measured
+  from the shipped label sets (``missing_rate``, ``World.rates``): of the sets that make a clip of the class in
+  this world, the fraction without its label — balanced_train's for the training splits, eval's for eval
+  (Animal 0.53 / 0.54, Livestock 0.84 / 0.84, Vehicle 0.97 / 0.96; per class and per parent-child pair in
+  world.json; Livestock clips lack Animal in 59 % of balanced_train's sets and 75 % of eval's). It is 0 where
+  nothing is below a class in the ontology: labels no one proposed to the annotators can't be counted from the
+  label sets (Fonseca et al., IEEE SPL 2020, trace AudioSet's missing labels to that nomination step). For those,
+  ``u`` = ``--unnominated-rate`` (default 0.1) is an assumption, not a published figure: sweep it.
+  A clip left with no label is dropped, as the clean world drops label sets with none of its classes.
+- **Spurious labels**: ``--spurious-rate`` (default 0.05, an assumption) of the clips get one label of a class
+  they don't have.
+- **Confusable siblings**: a tree's leaves share one kind of sound, siblings one temporal pattern, with
+  parameters within ±SIBLING_SPREAD of their family's and varying ±FAMILY_JITTER between events, so siblings'
+  event pitches overlap.
+- **Long tail**: the large split (and valid) draws label sets so that its leaf classes take clips ∝ rank^−α
+  (``--long-tail``, default 1: Zipf, an assumption standing for the long tail of AudioSet's unbalanced set),
+  ranked by how many shipped sets have them; eval draws its sets uniformly, as AudioSet's eval is balanced.
+- **Teacher data**: ``--teacher-ratio R`` sizes the large split to R × the balanced subset (PSL's teacher sees
+  about 92×: 2,041,789 unbalanced segments against the 22,160 balanced ones); without it ``--clips`` sets it
+  (1,200 against ~130 at the defaults: ~9×).
+
+It writes, besides the clean world's files, ``{split}_clean.json`` (same clips, true labels: build it into shards
+as any datafile to evaluate against true labels) and ``world.json`` (the options, classes and tree, measured
+and used rates per class, the parent-child table, and per split the missing and spurious labels realised).
 """
 from __future__ import annotations
 
@@ -296,7 +330,7 @@ class Errors:
     missing: str = "audioset"  # a key of MISSING_SCALES: every class's missing rate × 0, ½ or 1
     unnominated_rate: float = UNNOMINATED_RATE  # added to every class's measured rate, as 1 − (1 − m)(1 − u)
     spurious_rate: float = SPURIOUS_RATE  # fraction of clips with one label of a class they do not have
-    long_tail: float = LONG_TAIL  # α: the large split's leaf classes take clips ∝ rank^−α (0: as AudioSet's balanced)
+    long_tail: float = LONG_TAIL  # α: the large split's leaves take clips ∝ rank^−α (0: as the label sets)
     teacher_ratio: float | None = None  # the large split's clips per balanced-subset clip (None: --clips)
 
 
@@ -408,14 +442,31 @@ def tail_weights(world: World, sets: list[tuple[str, ...]], alpha: float) -> np.
     return np.array([max(rank[m] ** -alpha / n[m] for m in s if m in rank) for s in sets])
 
 
-def _clip_rng(seed: int, split: str, i: int) -> np.random.Generator:
-    return np.random.default_rng([seed, zlib.crc32(split.encode()), i, 1])
+def draw_clips(split: str, count: int, truths: list[tuple[str, ...]], tail: np.ndarray | None,
+               rates: dict[str, float], errors: Errors, classes: list[str], seed: int
+               ) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]]:
+    """(true classes, weak labels) of the first ``count`` clips left with a weak label: like AudioSet's label sets
+    projected onto these classes (and the clean world's), the world has no clip without one. The first clips do
+    not depend on ``count``."""
+    size = count
+    while True:
+        t, w = [], []
+        for i, j in enumerate(draw_order(split, size, len(truths), seed, tail)):
+            labels = weak_labels(truths[j], rates, errors.spurious_rate, classes,
+                                 np.random.default_rng([seed, zlib.crc32(split.encode()), i, 1]))
+            if labels:
+                t.append(truths[j])
+                w.append(labels)
+            if len(t) == count:
+                return t, w
+        size *= 2
 
 
 def _audioset_like(out: Path, clips: int, eval_clips: int, classes: int, seed: int, n_valid: int, per_class: int,
                    errors: Errors, pool: multiprocessing.pool.Pool | None
                    ) -> tuple[list[str], dict[str, ClassSound], dict[str, tuple[list[dict], list[tuple]]], dict]:
-    """The audioset-like world's splits: (classes, sounds, {split: (entries, strong rows)}, world.json)."""
+    """The audioset-like world's splits: (classes, sounds, {split: (entries, strong rows)}, world.json's content
+    with "clean": {split: true classes per clip} and "subset": the balanced subset's clips)."""
     if errors.missing not in MISSING_SCALES:
         raise ValueError(f"--missing {errors.missing!r}: expected one of {', '.join(MISSING_SCALES)}")
     onto, full_vocab = audioset.ontology(), audioset.vocabulary()
@@ -437,34 +488,20 @@ def _audioset_like(out: Path, clips: int, eval_clips: int, classes: int, seed: i
         truths = [t for t in map(world.truth, sources[src]) if t]
         tail = tail_weights(world, truths, errors.long_tail) if split != "eval" and errors.long_tail else None
         used = {m: r["used"] for m, r in rates[src].items()}
-
-        def draw(count: int) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]]:
-            """The first ``count`` clips left with a weak label: like AudioSet's label sets projected onto these
-            classes (and the clean world's), the world has no clip without one."""
-            size = count
-            while True:
-                t, w = [], []
-                for i, j in enumerate(draw_order(split, size, len(truths), seed, tail)):
-                    labels = weak_labels(truths[j], used, errors.spurious_rate, world.classes, _clip_rng(seed, split, i))
-                    if labels:
-                        t.append(truths[j])
-                        w.append(labels)
-                    if len(t) == count:
-                        return t, w
-                size *= 2
-
-        drawn[split] = draw(n)
-        if split == "unbalanced" and errors.teacher_ratio:
-            # the balanced subset, chosen by the weak labels as AudioSet's was, then the large split sized around it
-            t, w = drawn[split]
-            subset = balanced_subset([{"labels": ",".join(x)} for x in w], world.classes, per_class,
+        drawn[split] = draw_clips(split, n, truths, tail, used, errors, world.classes, seed)
+        if split == "unbalanced":
+            # the balanced subset, chosen by the weak labels as AudioSet's was; the large split sized around it
+            subset = balanced_subset([{"labels": ",".join(w)} for w in drawn[split][1]], world.classes, per_class,
                                      np.random.default_rng([seed, 1]))
-            target = round(errors.teacher_ratio * len(subset))
-            if target < len(subset):
-                raise ValueError(f"--teacher-ratio {errors.teacher_ratio}: below 1")
-            t, w = draw(max(target, n))
-            keep = sorted(set(subset) | set([i for i in range(len(t)) if i not in set(subset)][:target - len(subset)]))
-            drawn[split] = [t[i] for i in keep], [w[i] for i in keep]
+            if errors.teacher_ratio:
+                target = round(errors.teacher_ratio * len(subset))
+                if target < len(subset):
+                    raise ValueError(f"--teacher-ratio {errors.teacher_ratio}: below 1")
+                t, w = draw_clips(split, max(target, n), truths, tail, used, errors, world.classes, seed)
+                others = [i for i in range(len(t)) if i not in set(subset)][:target - len(subset)]
+                keep = sorted(set(subset) | set(others))
+                drawn[split] = [t[i] for i in keep], [w[i] for i in keep]
+                subset = [keep.index(i) for i in subset]
     for split, tag in (("unbalanced", "un"), ("valid", "va"), ("eval", "ev")):
         truths, weak = drawn[split]
         leaves = [tuple(m for m in t if m in world.leaves) for t in truths]
@@ -478,13 +515,13 @@ def _audioset_like(out: Path, clips: int, eval_clips: int, classes: int, seed: i
             "pairs": [{"parent": a, "child": c, **{src: dict(zip(("sets", "missing"), missing_rate(sets, a, {c})))
                                                      for src, sets in sources.items()}}
                       for c in world.classes for a in world.above[c]],
-            "clean": clean}
+            "clean": clean, "subset": subset}
     return world.classes, sounds, splits, info
 
 
 def _split_stats(entries: list[dict], truths: list[tuple[str, ...]], classes: list[str]) -> dict[str, dict]:
-    """Per class: clips that have it, weak labels of it, the fraction of its clips without the label, and labels
-    of it on clips without it."""
+    """Per class: clips that have it, the fraction of them without its weak label, and its weak labels on clips
+    without it."""
     out = {}
     for m in classes:
         have = [m in e["labels"].split(",") for e, t in zip(entries, truths) if m in t]
@@ -528,7 +565,8 @@ def make_synthetic(out: str | Path, clips: int = 1200, eval_clips: int = 300, cl
     vocab = Vocabulary(tuple(chosen), tuple(full_vocab.names[full_vocab.index[m]] for m in chosen))
     vocab.save(out / "class_labels_indices.csv")
     entries, strong = splits["unbalanced"]
-    subset = balanced_subset(entries, chosen, balanced_per_class, np.random.default_rng([seed, 1]))
+    subset = info.pop("subset") if info else balanced_subset(entries, chosen, balanced_per_class,
+                                                              np.random.default_rng([seed, 1]))
     keys = {Path(entries[i]["wav"]).stem for i in subset}
     splits["balanced"] = [entries[i] for i in subset], [row for row in strong if row[0] in keys]
     for split, (split_entries, split_strong) in splits.items():
