@@ -434,12 +434,15 @@ def weak_labels(truth: tuple[str, ...], rates: dict[str, float], spurious_rate: 
     return tuple(m for m in classes if m in kept)
 
 
-def tail_weights(world: World, sets: list[tuple[str, ...]], alpha: float) -> np.ndarray:
-    """Draw weights of ``sets`` (their true classes) so that leaf classes take clips ∝ rank^−α, ranked by how
-    many sets have them: each set weighs as its leaf with the largest share of rank^−α per set."""
+def tail_weights(world: World, sets: list[tuple[str, ...]], alpha: float, rates: dict[str, float],
+                 spurious_rate: float) -> np.ndarray:
+    """Draw weights of ``sets`` (their true classes) so that leaf classes take the clips kept (``draw_clips``)
+    ∝ rank^−α, ranked by how many sets have them: each set weighs as its leaf with the largest share of rank^−α
+    per set, over the chance that the clip keeps a weak label."""
     n = collections.Counter(m for s in sets for m in s if m in world.leaves)
     rank = {m: r for r, m in enumerate(sorted(n, key=lambda m: (-n[m], m)), 1)}
-    return np.array([max(rank[m] ** -alpha / n[m] for m in s if m in rank) for s in sets])
+    return np.array([max(rank[m] ** -alpha / n[m] for m in s if m in rank)
+                     / (1 - np.prod([rates[m] for m in s]) * (1 - spurious_rate)) for s in sets])
 
 
 def draw_clips(split: str, count: int, truths: list[tuple[str, ...]], tail: np.ndarray | None,
@@ -486,8 +489,9 @@ def _audioset_like(out: Path, clips: int, eval_clips: int, classes: int, seed: i
     for split, src, n in (("unbalanced", "balanced_train", clips), ("valid", "balanced_train", n_valid),
                           ("eval", "eval", eval_clips)):
         truths = [t for t in map(world.truth, sources[src]) if t]
-        tail = tail_weights(world, truths, errors.long_tail) if split != "eval" and errors.long_tail else None
         used = {m: r["used"] for m, r in rates[src].items()}
+        tail = (tail_weights(world, truths, errors.long_tail, used, errors.spurious_rate)
+                if split != "eval" and errors.long_tail else None)
         drawn[split] = draw_clips(split, n, truths, tail, used, errors, world.classes, seed)
         if split == "unbalanced":
             # the balanced subset, chosen by the weak labels as AudioSet's was; the large split sized around it
