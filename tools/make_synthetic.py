@@ -55,7 +55,8 @@ That is the **clean** world (the default, and the control): every label true, ev
   ranked by how many shipped sets have them; eval draws its sets uniformly, as AudioSet's eval is balanced.
 - **Teacher data**: ``--teacher-ratio R`` sizes the large split to R × the balanced subset (PSL's teacher sees
   about 92×: 2,041,789 unbalanced segments against the 22,160 balanced ones); without it ``--clips`` sets it
-  (1,200 against ~130 at the defaults: ~9×).
+  (at the defaults 1,200 clips against 118–133: 9–10×). The balanced subset is chosen by the weak labels, as
+  AudioSet's was.
 
 It writes, besides the clean world's files, ``{split}_clean.json`` (same clips, true labels: build it into shards
 as any datafile to evaluate against true labels) and ``world.json`` (the options, classes and tree, measured
