@@ -138,3 +138,167 @@ def test_output_is_deterministic_for_any_number_of_workers(tmp_path):
     assert len(files) == 11 and files == sorted(p.relative_to(b) for p in (b / "audio").rglob("*.*"))
     for f in files:
         np.testing.assert_array_equal(sf.read(a / f)[0], sf.read(b / f)[0])
+
+
+# --- the audioset-like world ----------------------------------------------------------------------------------
+
+ANIMAL, DOMESTIC, DOG, CAT, LIVESTOCK = "/m/0jbk", "/m/068hy", "/m/0bt9lr", "/m/01yrx", "/m/0ch8v"
+
+
+@pytest.fixture(scope="module")
+def world10():
+    onto, train = audioset.ontology(), audioset.label_sets("balanced_train")
+    parent = ms.choose_trees(train, 10, onto)
+    return ms.World(parent, onto, sorted(parent, key=audioset.vocabulary().index.__getitem__)), train
+
+
+def test_missing_rate_is_a_count_over_the_shipped_label_sets():
+    # Livestock clips without Animal: counted here directly from the shipped files
+    for split, expected in (("balanced_train", 0.589), ("eval", 0.748)):
+        sets = audioset.label_sets(split)
+        with_child = [s for s in sets if LIVESTOCK in s]
+        lacking = [s for s in with_child if ANIMAL not in s]
+        n, rate = ms.missing_rate(sets, ANIMAL, {LIVESTOCK})
+        assert (n, rate) == (len(with_child), len(lacking) / len(with_child))
+        assert rate == pytest.approx(expected, abs=5e-4)
+    assert ms.missing_rate([["/m/a"]], ANIMAL, {LIVESTOCK}) == (0, 0.0)
+
+
+def test_classes_are_small_subtrees_of_the_ontology(world10):
+    world, _ = world10
+    onto = audioset.ontology()
+    # Vehicle ⊃ {Boat ⊃ {Rowboat, Motorboat}, Rail transport}
+    assert world.parent == {ANIMAL: None, DOMESTIC: ANIMAL, LIVESTOCK: ANIMAL, DOG: DOMESTIC, CAT: DOMESTIC,
+                            "/m/07yv9": None, "/m/019jd": "/m/07yv9", "/m/06d_3": "/m/07yv9",
+                            "/m/056ks2": "/m/019jd", "/m/02rlv9": "/m/019jd"}
+    for m, p in world.parent.items():
+        assert p is None or p in onto.parents[m]
+        assert sum(c == m for c in world.parent.values()) in (0, 2)  # an inner class has two children here
+    six = ms.choose_trees(audioset.label_sets("balanced_train"), 6, onto)  # Vehicle first: more labels than Animal
+    assert list(six)[:5] == list(world.parent)[:5] and six["/m/0k5j"] == "/m/07yv9"  # the sixth joins: Aircraft
+    # A clip of a child has its parents; a label below a leaf puts the leaf in the clip; a parent alone is no clip.
+    assert world.truth(["/m/05tny_"]) == (ANIMAL, DOMESTIC, DOG)  # Bark
+    assert world.truth([LIVESTOCK, "/m/04rlf"]) == (ANIMAL, LIVESTOCK)
+    assert world.truth([ANIMAL]) == ()
+
+
+def test_measured_rates_follow_the_definition(world10):
+    world, train = world10
+    rates = world.rates(train, ms.Errors())
+    for m in (ANIMAL, DOMESTIC, DOG):
+        below = world.below(m)
+        sets = [set(s) for s in train if set(s) & below]
+        measured = sum(m not in s for s in sets) / len(sets)
+        assert rates[m]["sets"] == len(sets) and rates[m]["measured"] == pytest.approx(measured, abs=1e-4)
+        assert rates[m]["used"] == pytest.approx(1 - (1 - measured) * (1 - ms.UNNOMINATED_RATE), abs=1e-4)
+    assert world.below(DOG) >= {DOG, "/m/05tny_"} and ANIMAL not in world.below(ANIMAL)  # Dog, Bark; not Animal alone
+    assert rates["/m/056ks2"] == {"sets": 60, "measured": 0.0, "used": ms.UNNOMINATED_RATE}  # nothing below it
+    half = world.rates(train, ms.Errors(missing="half"))
+    assert all(half[m]["used"] == pytest.approx(rates[m]["used"] / 2, abs=1e-4) for m in rates)
+    assert all(r["used"] == 0 for r in world.rates(train, ms.Errors(missing="0")).values())
+
+
+def test_weak_labels_miss_and_add_at_their_rates(world10):
+    world, train = world10
+    truths = [t for t in map(world.truth, train) if t] * 2
+    used = {m: r["used"] for m, r in world.rates(train, ms.Errors()).items()}
+    rng = np.random.default_rng(0)
+    weak = [ms.weak_labels(t, used, 0.05, world.classes, rng) for t in truths]
+    for m in world.classes:
+        have = [m in w for t, w in zip(truths, weak) if m in t]
+        sd = np.sqrt(used[m] * (1 - used[m]) / len(have))
+        assert abs((1 - np.mean(have)) - used[m]) < 4 * sd + 1e-9, m
+    spurious = [len(set(w) - set(t)) for t, w in zip(truths, weak)]
+    assert max(spurious) == 1 and np.mean(spurious) == pytest.approx(0.05, abs=4 * np.sqrt(0.05 * 0.95 / len(truths)))
+    # In the clips kept (those left with a label), a parent's label is missing beside its child's at the
+    # parent's rate: the measure of AudioSet's sets that the rate came from, reproduced.
+    kept, kept_weak = ms.draw_clips("unbalanced", 4000, truths, None, used, ms.Errors(), world.classes, 0)
+    for child, parents in world.above.items():
+        for a in parents:
+            lacking = [a not in w for t, w in zip(kept, kept_weak) if child in w and child in t]
+            sd = np.sqrt(used[a] * (1 - used[a]) / len(lacking))
+            assert len(lacking) > 150 and abs(np.mean(lacking) - used[a]) < 4 * sd, (a, child)
+    # no errors asked, none made
+    assert all(ms.weak_labels(t, dict.fromkeys(used, 0.0), 0.0, world.classes, rng) == t for t in truths[:500])
+
+
+def test_long_tail_of_the_large_split(world10):
+    world, train = world10
+    truths = [t for t in map(world.truth, train) if t]
+    used = {m: r["used"] for m, r in world.rates(train, ms.Errors()).items()}
+    tail = ms.tail_weights(world, truths, 1.0, used, 0.05)
+    kept, _ = ms.draw_clips("unbalanced", 6000, truths, tail, used, ms.Errors(), world.classes, 0)
+    counts = collections.Counter(m for t in kept for m in t if m in world.leaves)
+    # ranked as the label sets have them (Livestock 707 sets ... Rowboat 60), the r-th takes ∝ 1/r of the clips
+    n = collections.Counter(m for t in truths for m in t if m in world.leaves)
+    ranked = [counts[m] / counts[n.most_common(1)[0][0]] for m, _ in n.most_common()]
+    assert len(ranked) == 6 and all(abs(x * r - 1) < 0.25 for r, x in enumerate(ranked, 1)), ranked
+
+
+def test_sibling_sounds_share_a_kind_and_overlap():
+    for seed in range(20):
+        a, b = (ms.ClassSound("harmonic", m, seed, ms.PATTERNS[0], family=DOMESTIC) for m in (DOG, CAT))
+        lo, hi = sorted((a.f0, b.f0))
+        assert lo < hi and lo * (1 + ms.FAMILY_JITTER) >= hi * (1 - ms.FAMILY_JITTER)  # their events' pitches overlap
+        assert a.rate != b.rate and np.array_equal(a.harmonics, b.harmonics)  # the family's timbre
+
+
+@pytest.fixture(scope="module")
+def world_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("audioset_like")
+    ms.make_synthetic(d, clips=40, eval_clips=24, classes=6, seed=0, valid_clips=8, balanced_per_class=3, workers=2,
+                      world="audioset-like")
+    return d
+
+
+def test_world_writes_weak_and_true_labels_and_complete_strong_labels(world_dir):
+    onto = audioset.ontology()
+    info = json.loads((world_dir / "world.json").read_text())
+    parent = {c["mid"]: c["parent"] for c in info["classes"]}
+    for split in ("unbalanced", "balanced", "valid", "eval"):
+        weak, clean = _entries(world_dir, split), _entries(world_dir, f"{split}_clean")
+        assert [e["wav"] for e in weak] == [e["wav"] for e in clean] and all(e["labels"] for e in weak)
+        events = collections.defaultdict(lambda: collections.defaultdict(set))
+        for r in _strong(world_dir / f"{split}_strong.tsv"):
+            events[r["segment_id"]][r["start_time_seconds"], r["end_time_seconds"]].add(r["label"])
+        for e in clean:
+            labels = set(e["labels"].split(","))
+            seg = events[e["wav"].split("/")[-1].split(".")[0]]
+            assert set().union(*seg.values()) == labels  # the true labels are the strong labels' classes
+            for span in seg.values():  # each event is its leaf's and every class above it
+                leaf = [m for m in span if m not in parent.values()]
+                assert len(leaf) == 1 and span == {leaf[0]} | (onto.ancestors(leaf[0]) & set(parent))
+        stats = info["splits"][split]
+        assert sum(s["spurious"] for s in stats.values()) == sum(
+            len(set(w["labels"].split(",")) - set(c["labels"].split(","))) for w, c in zip(weak, clean))
+    assert any(s["missing"] for s in info["splits"]["unbalanced"].values())
+    assert info["pairs"] and info["teacher_ratio"] == pytest.approx(
+        len(_entries(world_dir, "unbalanced")) / len(_entries(world_dir, "balanced")), abs=0.01)
+
+
+def test_both_eval_label_sets_build_into_shards(world_dir, tmp_path):
+    from tools.build_shards import BuildOptions, build
+    labels = {}
+    for name in ("eval", "eval_clean"):
+        opts = BuildOptions(source=world_dir / f"{name}.json", out=tmp_path / name,
+                            labels=world_dir / "class_labels_indices.csv", workers=1, shard_samples=16)
+        result = build(opts, progress=False)
+        assert result.num_written == result.num_inputs == 24, result.summary()
+        labels[name] = {r.key: r.labels for r in read_manifest(opts.out)}
+    assert labels["eval"].keys() == labels["eval_clean"].keys() and labels["eval"] != labels["eval_clean"]
+
+
+def test_world_is_deterministic_and_sizes_the_teacher_split(tmp_path):
+    kw = dict(clips=12, eval_clips=4, classes=6, seed=3, valid_clips=2, balanced_per_class=1,
+              world="audioset-like", errors=ms.Errors(teacher_ratio=5.0))
+    for name, workers in (("a", 1), ("b", 2)):
+        ms.make_synthetic(tmp_path / name, workers=workers, **kw)
+    a, b = tmp_path / "a", tmp_path / "b"
+    for name in ("unbalanced.json", "unbalanced_clean.json", "balanced.json", "eval.json", "eval_clean.json",
+                 "unbalanced_strong.tsv", "world.json", "classes.csv"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    info = json.loads((a / "world.json").read_text())
+    n_large, n_balanced = len(_entries(a, "unbalanced")), len(_entries(a, "balanced"))
+    assert info["errors"]["teacher_ratio"] == 5.0 and n_large == round(5.0 * n_balanced) and n_large != 12
+    with pytest.raises(ValueError, match="--missing"):
+        ms.make_synthetic(tmp_path / "c", world="audioset-like", errors=ms.Errors(missing="most"))
