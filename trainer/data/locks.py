@@ -15,6 +15,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+_held: set[int] = set()  # lock fds of this process: a forked child closes its copies, so that a child that
+# outlives its parent (a stuck worker) does not keep the lock held in a dead process's name
+os.register_at_fork(after_in_child=lambda: [os.close(fd) for fd in _held] and _held.clear())
+
 
 class LockHeld(RuntimeError):
     """Another process holds the lock; the message names it."""
@@ -38,9 +42,11 @@ def hold_lock(path: str | Path, what: str) -> Iterator[None]:
                 holder = holder or "a process that has not written its name yet"
             raise LockHeld(f"{what} is in use by another process ({holder}): wait for it to end, or stop it "
                            f"(lock file {path})") from None
+        _held.add(fd)
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
                                   "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode() + b"\n", 0)
         yield
     finally:
+        _held.discard(fd)
         os.close(fd)  # releases the lock
