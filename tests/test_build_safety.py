@@ -259,3 +259,30 @@ def test_shard_truncated_under_a_reader_is_an_error_naming_it_not_a_bus_error(bu
     assert reader.returncode == 1, (reader.returncode, err)
     assert f"shard {shard}: a member at {last.offset}+{last.size} runs past the end of the file " \
            f"({last.offset} bytes)" in err
+
+
+def test_training_stream_names_a_shard_truncated_under_it(built_shards, tmp_path):
+    """Through DALI: the member read that fails inside the pipeline's source goes through the corrupt-sample path
+    with the reason naming the shard, rather than a bus error."""
+    import torch
+
+    from trainer.data.datasets import load_records
+    from trainer.data.features import build_frontend
+    from trainer.data.settings import AugmentConfig, FeatureConfig, LoaderSettings
+    from trainer.data.streams import TrainStream
+
+    shutil.copytree(built_shards["train"], tmp_path / "ds")
+    table = load_records(str(tmp_path / "ds"))[0]
+    stream = TrainStream(table, 6, LoaderSettings(4, 1, 1, readahead=0),
+                         build_frontend(FeatureConfig(frontend="mel64", clip_seconds=0.5)), AugmentConfig(), 0, 0, 1,
+                         torch.device("cpu"), weighted=False, num_samples=len(table))
+    batches = iter(stream)
+    next(batches)
+    for shard in sorted(set(table.shards)):
+        os.truncate(shard, 2048)
+    # data.on_corrupt: fail (corrupt=None) stops here; skip would log each such sample (naming the shard and this
+    # reason) and stop past data.max_corrupt_fraction
+    with pytest.raises(RuntimeError, match=r"in shard .*syntrain-00000\d\.tar: .* a member at \d+\+\d+ runs past the end "
+                                           r"of the file \(2048 bytes\)"):
+        for _ in batches:
+            pass
