@@ -282,7 +282,7 @@ def test_training_stream_names_a_shard_truncated_under_it(built_shards, tmp_path
         os.truncate(shard, 2048)
     # data.on_corrupt: fail (corrupt=None) stops here; skip would log each such sample (naming the shard and this
     # reason) and stop past data.max_corrupt_fraction
-    with pytest.raises(RuntimeError, match=r"in shard .*syntrain-00000\d\.tar: .* a member at \d+\+\d+ runs past the end "
-                                           r"of the file \(2048 bytes\)"):
+    with pytest.raises(RuntimeError, match=r"in shard .*syntrain-00000\d\.tar: .* a member at \d+\+\d+ runs past "
+                                           r"the end of the file \(2048 bytes\)"):
         for _ in batches:
             pass

@@ -154,8 +154,8 @@ def _prefix(opts: BuildOptions) -> str:
 def _fingerprint(opts: BuildOptions, vocab: Vocabulary, items: Sequence[Item]) -> str:
     """Everything that determines shard contents; a resume with a different fingerprint is refused."""
     h = hashlib.sha256()
-    h.update(json.dumps([BUILDER_VERSION, vocab.digest(), opts.shard_size, opts.shard_samples,
-                         opts.min_duration, opts.max_duration, opts.shuffle, opts.seed, opts.part, opts.num_parts]).encode())
+    h.update(json.dumps([BUILDER_VERSION, vocab.digest(), opts.shard_size, opts.shard_samples, opts.min_duration,
+                         opts.max_duration, opts.shuffle, opts.seed, opts.part, opts.num_parts]).encode())
     for it in items:
         h.update(json.dumps([it.key, it.source, it.labels, it.reject]).encode())
     return h.hexdigest()[:16]
@@ -259,10 +259,11 @@ def _results(jobs: list, workers: int) -> Iterator[tuple]:
                     except EOFError:  # the worker is gone: its pipe closed with the process
                         p.join(5)
                         code = p.exitcode
-                        how = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 \
-                            else f"exit code {code}"
+                        how = f"exit code {code}" if code is None or code >= 0 else \
+                            f"signal {signal.Signals(-code).name}" + \
+                            ("; what the OOM killer sends" if code == -signal.SIGKILL else "")
                         raise WorkerDied(
-                            f"worker {w} (pid {p.pid}) died ({how}; SIGKILL is what the OOM killer sends) while "
+                            f"worker {w} (pid {p.pid}) died ({how}) while "
                             f"encoding {jobs[busy[w]][0]}; finished shards are kept: run the same command again "
                             "to resume") from None
                     done[busy.pop(w)] = result
@@ -425,6 +426,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.out.name in ("", ".", ".."):
         p.error("--out must name the dataset directory, e.g. shards/NAME")
+    if not 0 <= a.min_duration < a.max_duration:
+        p.error(f"need 0 <= --min-duration < --max-duration, got {a.min_duration} and {a.max_duration}")
     opts = BuildOptions(source=a.source, out=a.out, labels=a.labels, audio_dir=a.audio_dir, workers=a.workers,
                         shard_size=a.shard_size, shard_samples=a.shard_samples, min_duration=a.min_duration,
                         max_duration=a.max_duration,

@@ -268,7 +268,7 @@ class _TableBuilder:
 
 
 def write_manifest(path: Path, records: Iterable[ShardRecord]) -> None:
-    with atomic_write(path) as f:
+    with atomic_write(path, private=True) as f:  # parts of a build that finish together both write it
         for r in records:
             f.write(r.to_json() + "\n")
 
@@ -314,7 +314,7 @@ def _parse_manifest(dataset_dir: Path) -> RecordTable:
 
 
 def write_weights(path: Path, weights: Iterable[float]) -> None:
-    with atomic_write(path) as f:
+    with atomic_write(path, private=True) as f:
         for w in weights:
             f.write(f"{w!r}\n")
 
