@@ -286,3 +286,15 @@ def test_training_stream_names_a_shard_truncated_under_it(built_shards, tmp_path
                                            r"the end of the file \(2048 bytes\)"):
         for _ in batches:
             pass
+
+
+def test_parts_lock_only_themselves(synthetic_dir, tmp_path):
+    """--part I holds .build/NAME-pI.lock: another part builds beside it, the same part is refused."""
+    out = tmp_path / "ds"
+    opts = {"source": synthetic_dir / "eval.json", "out": out, "labels": synthetic_dir / "class_labels_indices.csv",
+            "num_parts": 2, "shard_samples": 4}
+    (out / bs.STATE_DIR).mkdir(parents=True)
+    with hold_lock(out / bs.STATE_DIR / "ds-p0.lock", "test"):  # a separate open file: it conflicts like a process
+        with pytest.raises(LockHeld, match=f"the build of {out} part 0 is in use by another process"):
+            bs.build(bs.BuildOptions(part=0, **opts), progress=False)
+        assert bs.build(bs.BuildOptions(part=1, **opts), progress=False).num_written == 8
