@@ -8,17 +8,16 @@ far larger than the page cache and a draw is almost never cached), in a fresh pr
 shard evicted from the page cache first (posix_fadvise DONTNEED on each file: no privileges needed, and no
 process has them mapped then); "warm": every shard read in full first. Variants run interleaved, each takes
 its best of ``--repeats``. Reported: clips/s over the epoch (pipeline build included, the same for all),
-the major page faults the process took meanwhile (reads that waited for the disk; a batch of another set
-has loaded the libraries first), and the seconds DALI's feeding thread spent faulting the members' pages in
-(the stream's reads are wrapped to touch every page before DALI copies the member). On a machine whose
-other tenants keep the cores busy, the last two tell more than clips/s.
+the major page faults the process took meanwhile (a batch of another set has loaded the libraries first; since
+issue 22 the members are read with pread, not faulted in from a memory map, so shard reads no longer count here),
+and the seconds DALI's feeding thread spent in the members' reads (the stream's reads are wrapped to time them).
+On a machine whose other tenants keep the cores busy, the last tells more than clips/s.
 Writes benchmarks/results/readahead.json.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import mmap
 import os
 import resource
 import time
@@ -66,15 +65,14 @@ def run_one(data: Path, depth: int, other: Path) -> dict:
     waited = [0.0]
     member = ShardBytes.member
 
-    def touched(self: ShardBytes, shard: str, offset: int, size: int) -> np.ndarray:
-        """The member, its pages touched here: the page faults DALI's copy of it would take, timed."""
-        data = member(self, shard, offset, size)
+    def timed(self: ShardBytes, shard: str, offset: int, size: int) -> np.ndarray:
+        """The member's read (a pread), timed."""
         start = time.perf_counter()
-        data[::mmap.PAGESIZE].sum()
+        data = member(self, shard, offset, size)
         waited[0] += time.perf_counter() - start
         return data
 
-    ShardBytes.member = touched  # type: ignore[method-assign]
+    ShardBytes.member = timed  # type: ignore[method-assign]
 
     def stream(root: Path) -> TrainStream:
         loader = LoaderSettings(BATCH, THREADS, 2, readahead=depth)

@@ -4,7 +4,8 @@
 
 See shards/README.md for the output format. Output is deterministic (same inputs and options give
 byte-identical shards whatever --workers is) and resumable: finished shards are kept after a kill,
-and the interrupted one is rebuilt.
+and the interrupted one is rebuilt. One build at a time writes an output directory (each ``--part`` holds its own
+OS lock); a worker process that dies stops the build, naming it and its input.
 """
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import collections
 import hashlib
 import json
 import multiprocessing
+import multiprocessing.connection
 import os
 import random
 import re
+import signal
 import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -26,8 +29,10 @@ from tqdm import tqdm
 from tools import audioset
 from tools.audio_io import SAMPLE_RATE, AudioError, encode_flac, load_audio, to_pcm16
 from tools.shard_writer import ShardWriter
-from tools.sources import TOO_SHORT, UNREADABLE, Item, mark_duplicates, read_source
+from tools.sources import LOW_RATE, TOO_LONG, TOO_SHORT, UNREADABLE, Item, mark_duplicates, read_source
 from trainer.data.atomic import atomic_write
+from trainer.data.audio import AudioTooLong, SampleRateTooLow
+from trainer.data.locks import LockHeld, hold_lock
 from trainer.data.manifest import (DATASET_INFO, MANIFEST, REJECTS, VOCABULARY, WEIGHTS, RecordTable, ShardRecord,
                                    Vocabulary, write_manifest, write_manifest_cache, write_weights)
 
@@ -46,6 +51,7 @@ class BuildOptions:
     shard_size: int = 256 * 10**6
     shard_samples: int | None = None  # when set, replaces the byte limit
     min_duration: float = 0.1
+    max_duration: float = 60.0  # AudioSet clips are 10 s; this bounds a worker's memory (and a lying header's)
     max_reject_fraction: float = 0.05
     shuffle: bool = False
     seed: int = 0
@@ -117,13 +123,21 @@ def load_vocabulary(path: Path | None) -> Vocabulary:
     return Vocabulary.load(path)
 
 
-def _encode(job: tuple[str, float] | None) -> tuple[bytes | None, float, str | None, str]:
+class WorkerDied(RuntimeError):
+    """A worker process ended without answering (a signal, the OOM killer); the message names it and its input."""
+
+
+def _encode(job: tuple[str, float, float] | None) -> tuple[bytes | None, float, str | None, str]:
     """Worker: decode, resample, quantise and FLAC-encode one file. Returns (flac, seconds, reject, detail)."""
     if job is None:
         return None, 0.0, None, ""
-    path, min_duration = job
+    path, min_duration, max_duration = job
     try:
-        pcm = to_pcm16(load_audio(path))
+        pcm = to_pcm16(load_audio(path, max_seconds=max_duration))
+    except AudioTooLong as e:
+        return None, 0.0, TOO_LONG, str(e)
+    except SampleRateTooLow as e:
+        return None, 0.0, LOW_RATE, str(e)
     except (AudioError, OSError) as e:
         return None, 0.0, UNREADABLE, str(e)
     duration = len(pcm) / SAMPLE_RATE
@@ -140,8 +154,8 @@ def _prefix(opts: BuildOptions) -> str:
 def _fingerprint(opts: BuildOptions, vocab: Vocabulary, items: Sequence[Item]) -> str:
     """Everything that determines shard contents; a resume with a different fingerprint is refused."""
     h = hashlib.sha256()
-    h.update(json.dumps([BUILDER_VERSION, vocab.digest(), opts.shard_size, opts.shard_samples,
-                         opts.min_duration, opts.shuffle, opts.seed, opts.part, opts.num_parts]).encode())
+    h.update(json.dumps([BUILDER_VERSION, vocab.digest(), opts.shard_size, opts.shard_samples, opts.min_duration,
+                         opts.max_duration, opts.shuffle, opts.seed, opts.part, opts.num_parts]).encode())
     for it in items:
         h.update(json.dumps([it.key, it.source, it.labels, it.reject]).encode())
     return h.hexdigest()[:16]
@@ -167,7 +181,9 @@ def _resume(opts: BuildOptions, fingerprint: str) -> tuple[int, int, list[ShardR
         records += [ShardRecord.from_json(json.dumps(r)) for r in st["records"]]
         rejects += st["rejects"]
         start, shard = st["consumed"], shard + 1
-    stale = re.compile(rf"\.?{re.escape(prefix)}-(\d{{6}})\.(tar|idx|json)(\.tmp)?")  # finished or temp_path
+    # finished files, or temp_path names (private: .NAME.PID-RANDOM.tmp) of a build that died; this process holds
+    # the prefix's lock, so none is being written
+    stale = re.compile(rf"\.?{re.escape(prefix)}-(\d{{6}})\.(tar|idx|json)(\.\d+-[0-9a-f]+)?(\.tmp)?")
     for d in (opts.out, state_dir):
         for p in d.iterdir() if d.is_dir() else ():
             m = stale.fullmatch(p.name)
@@ -177,20 +193,93 @@ def _resume(opts: BuildOptions, fingerprint: str) -> tuple[int, int, list[ShardR
 
 
 def _write_text(path: Path, text: str) -> None:
-    with atomic_write(path) as f:
+    with atomic_write(path, private=True) as f:  # parts finishing together may write the same file
         f.write(text)
 
 
+def _worker(conn: multiprocessing.connection.Connection) -> None:
+    """A worker process: encode each job received until None."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent stops the workers
+    try:
+        while (job := conn.recv()) is not None:
+            conn.send(_encode(job))
+    except EOFError:  # the parent is gone
+        pass
+
+
 def _results(jobs: list, workers: int) -> Iterator[tuple]:
+    """``_encode`` of each job, in input order (output is deterministic), on ``workers`` processes.
+
+    Each worker has one job at a time over its own pipe, so when one dies (multiprocessing.Pool waits forever
+    for it; concurrent.futures cannot say which input it had) the build stops with :class:`WorkerDied`. Jobs are
+    handed out at most ``4 * workers`` ahead of the one to yield next, which bounds the results held."""
     if workers <= 1:
         yield from map(_encode, jobs)
         return
-    with multiprocessing.Pool(workers) as pool:
-        yield from pool.imap(_encode, jobs, chunksize=4)  # imap keeps input order: output is deterministic
+    ctx = multiprocessing.get_context()
+    procs: list[tuple[multiprocessing.process.BaseProcess, multiprocessing.connection.Connection]] = []
+    try:
+        for w in range(workers):
+            conn, child = ctx.Pipe()
+            p = ctx.Process(target=_worker, args=(child,), name=f"build_shards worker {w}", daemon=True)
+            p.start()
+            child.close()
+            procs.append((p, conn))
+        order = [pos for pos, job in enumerate(jobs) if job is not None]
+        k = 0  # order[k] is the next job to hand out
+        busy: dict[int, int] = {}  # worker -> position of the job it has
+        idle = list(range(workers))
+        done: dict[int, tuple] = {}
+
+        def hand_out(w: int, pos: int) -> None:
+            """Give worker ``w`` the next job if it is close enough to ``pos``, else make it idle."""
+            nonlocal k
+            if k == len(order) or order[k] >= pos + 4 * workers:
+                idle.append(w)
+                return
+            busy[w], k = order[k], k + 1
+            try:
+                procs[w][1].send(jobs[busy[w]])
+            except OSError:  # a dead worker: its sentinel says so at the next wait
+                pass
+
+        for pos, job in enumerate(jobs):
+            if job is None:
+                yield _encode(None)
+                continue
+            for w in [idle.pop() for _ in range(len(idle))]:
+                hand_out(w, pos)
+            while pos not in done:
+                ready = multiprocessing.connection.wait([procs[w][1] for w in busy] + [procs[w][0].sentinel
+                                                                                      for w in busy])
+                for w in [w for w in busy if procs[w][1] in ready or procs[w][0].sentinel in ready]:
+                    p, conn = procs[w]
+                    try:
+                        result = conn.recv()
+                    except EOFError:  # the worker is gone: its pipe closed with the process
+                        p.join(5)
+                        code = p.exitcode
+                        how = f"exit code {code}" if code is None or code >= 0 else \
+                            f"signal {signal.Signals(-code).name}" + \
+                            ("; what the OOM killer sends" if code == -signal.SIGKILL else "")
+                        raise WorkerDied(
+                            f"worker {w} (pid {p.pid}) died ({how}) while "
+                            f"encoding {jobs[busy[w]][0]}; finished shards are kept: run the same command again "
+                            "to resume") from None
+                    done[busy.pop(w)] = result
+                    hand_out(w, pos)
+            yield done.pop(pos)
+    finally:
+        for p, conn in procs:
+            if p.is_alive():
+                p.kill()
+            p.join(5)
+            conn.close()
 
 
 def build(opts: BuildOptions, progress: bool = True) -> BuildResult:
-    """Build (or resume building) the shards of ``opts.source`` into ``opts.out``."""
+    """Build (or resume building) the shards of ``opts.source`` into ``opts.out``, holding the lock of
+    ``opts.out`` (of its part) for the build's life; raises :class:`LockHeld` when another process holds it."""
     if not 0 <= opts.part < opts.num_parts:
         raise ValueError(f"--part {opts.part} must be in [0, --num-parts {opts.num_parts})")
     vocab = load_vocabulary(opts.labels)
@@ -200,6 +289,12 @@ def build(opts: BuildOptions, progress: bool = True) -> BuildResult:
     items = items[opts.part :: opts.num_parts]
     opts.out.mkdir(parents=True, exist_ok=True)
     (opts.out / STATE_DIR).mkdir(exist_ok=True)
+    what = f"the build of {opts.out}" + (f" part {opts.part}" if opts.num_parts > 1 else "")
+    with hold_lock(opts.out / STATE_DIR / f"{_prefix(opts)}.lock", what):
+        return _build(opts, vocab, items, progress)
+
+
+def _build(opts: BuildOptions, vocab: Vocabulary, items: list[Item], progress: bool) -> BuildResult:
     fingerprint = _fingerprint(opts, vocab, items)
     shard, start, records, rejects = _resume(opts, fingerprint)
     prefix = _prefix(opts)
@@ -219,7 +314,7 @@ def build(opts: BuildOptions, progress: bool = True) -> BuildResult:
         rejects.extend(shard_rejects)
         writer, shard, shard_records, shard_rejects = None, shard + 1, [], []
 
-    jobs = [(it.path, opts.min_duration) if it.reject is None else None for it in items[start:]]
+    jobs = [(it.path, opts.min_duration, opts.max_duration) if it.reject is None else None for it in items[start:]]
     bar = tqdm(total=len(items), initial=start, unit="clip", disable=not progress, desc=prefix)
     try:
         for pos, (it, (flac, duration, reason, detail)) in enumerate(zip(items[start:], _results(jobs, opts.workers)),
@@ -323,6 +418,9 @@ def main(argv: Iterable[str] | None = None) -> int:
     size.add_argument("--shard-samples", type=int, help="clips per shard (instead of --shard-size)")
     p.add_argument("--min-duration", type=float, default=0.1,
                    help="seconds; shorter clips are rejected (default: %(default)s s)")
+    p.add_argument("--max-duration", type=float, default=60.0,
+                   help="seconds; longer clips are rejected before they are decoded past this length "
+                        "(default: %(default)s s)")
     p.add_argument("--max-reject-fraction", type=float, default=0.05,
                    help="fraction of the inputs (0–1) that may be rejected; above it the build "
                         "exits non-zero (default: %(default)s)")
@@ -339,15 +437,21 @@ def main(argv: Iterable[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.out.name in ("", ".", ".."):
         p.error("--out must name the dataset directory, e.g. shards/NAME")
+    if not 0 <= a.min_duration < a.max_duration:
+        p.error(f"need 0 <= --min-duration < --max-duration, got {a.min_duration} and {a.max_duration}")
     opts = BuildOptions(source=a.source, out=a.out, labels=a.labels, audio_dir=a.audio_dir, workers=a.workers,
                         shard_size=a.shard_size, shard_samples=a.shard_samples, min_duration=a.min_duration,
+                        max_duration=a.max_duration,
                         max_reject_fraction=a.max_reject_fraction, shuffle=a.shuffle, seed=a.seed, part=a.part,
                         num_parts=a.num_parts, weight_offset=a.weight_offset)
     try:
         result = build(opts, progress=not a.no_progress)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, LockHeld) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except WorkerDied as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     print(result.summary())
     if result.num_inputs and result.num_rejected / result.num_inputs > opts.max_reject_fraction:
         print(f"error: {result.num_rejected / result.num_inputs:.1%} of inputs rejected, above "

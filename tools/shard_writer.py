@@ -50,7 +50,7 @@ class ShardWriter:
     def __init__(self, tar_path: str | Path) -> None:
         self.tar_path = Path(tar_path)
         self.idx_path = self.tar_path.with_suffix(".idx")
-        self._tmp = temp_path(self.tar_path)
+        self._tmp = temp_path(self.tar_path, private=True)
         self._tar = tarfile.open(self._tmp, "w", format=tarfile.GNU_FORMAT)
         self.samples: list[list[Member]] = []
 
@@ -60,8 +60,9 @@ class ShardWriter:
 
     def add(self, key: str, members: dict[str, bytes]) -> dict[str, Member]:
         """Append a sample; returns where each member's data landed, by extension."""
-        if "." in key or "/" in key:
-            raise ValueError(f"{self.tar_path}: key {key!r} must contain no dots or slashes")
+        if "." in key or "/" in key or any(c.isspace() for c in key):
+            # a dot splits the name for webdataset; whitespace splits the .idx line
+            raise ValueError(f"{self.tar_path}: key {key!r} must contain no dots, slashes or whitespace")
         written = {}
         for ext in sorted(members):
             data = members[ext]
@@ -85,7 +86,7 @@ class ShardWriter:
 
 def write_index(path: str | Path, samples: list[list[Member]]) -> None:
     """DALI v1.2 index: ``v1.2 N``, then per sample ``ext offset size name`` for each member."""
-    with atomic_write(path) as f:
+    with atomic_write(path, private=True) as f:
         f.write(f"{IDX_VERSION} {len(samples)}\n")
         for members in samples:
             f.write(" ".join(f"{split_name(m.name)[1]} {m.offset} {m.size} {m.name}" for m in members) + "\n")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from trainer.data.manifest import Vocabulary
 MISSING_FILE = "missing file"
 UNREADABLE = "unreadable audio"
 TOO_SHORT = "too short"
+TOO_LONG = "too long"
+LOW_RATE = "sample rate too low"
 UNKNOWN_LABEL = "unknown label"
 NO_LABELS = "no labels"
 DUPLICATE_KEY = "duplicate key"
@@ -25,7 +28,7 @@ DUPLICATE_KEY = "duplicate key"
 
 @dataclass(frozen=True)
 class Item:
-    key: str  # webdataset key, no dots
+    key: str  # webdataset key: no dots, no whitespace (make_key)
     path: str | None  # audio file; None when it could not be found
     source: str  # the input as the user knows it: a path relative to the source's base dir, or a YTID
     labels: tuple[int, ...] = ()
@@ -35,8 +38,9 @@ class Item:
 
 
 def make_key(stem: str) -> str:
-    """Webdataset splits a member name at its first dot, so keys must have none."""
-    return stem.replace(".", "")
+    """The stem with its dots removed (webdataset splits a member name at its first dot) and each whitespace
+    character replaced by ``_`` (a DALI ``.idx`` line is split at whitespace): ``my clip.1.wav`` -> ``my_clip1``."""
+    return re.sub(r"\s", "_", stem.replace(".", ""))
 
 
 def index_audio_dir(audio_dir: Path) -> dict[str, str]:
@@ -168,13 +172,15 @@ def read_source(source: Path, vocab: Vocabulary, audio_dir: Path | None = None) 
 
 
 def mark_duplicates(items: list[Item]) -> list[Item]:
-    """The first item with a key wins; later ones are rejected rather than overwriting it."""
-    seen: set[str] = set()
+    """The first item with a key wins; later ones (the same stem elsewhere, or names that :func:`make_key` makes
+    equal) are rejected rather than overwriting it."""
+    seen: dict[str, str] = {}  # key -> source of the item that has it
     out = []
     for it in items:
         if it.reject is None and it.key in seen:
-            it = Item(it.key, it.path, it.source, it.labels, it.mids, DUPLICATE_KEY)
+            it = Item(it.key, it.path, it.source, it.labels, it.mids, DUPLICATE_KEY,
+                      f"key {it.key} is already that of {seen[it.key]}")
         elif it.reject is None:
-            seen.add(it.key)
+            seen[it.key] = it.source
         out.append(it)
     return out

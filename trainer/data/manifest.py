@@ -17,6 +17,7 @@ import array
 import csv
 import dataclasses
 import hashlib
+import io
 import json
 import mmap
 import os
@@ -267,7 +268,7 @@ class _TableBuilder:
 
 
 def write_manifest(path: Path, records: Iterable[ShardRecord]) -> None:
-    with atomic_write(path) as f:
+    with atomic_write(path, private=True) as f:  # parts of a build that finish together both write it
         for r in records:
             f.write(r.to_json() + "\n")
 
@@ -313,7 +314,7 @@ def _parse_manifest(dataset_dir: Path) -> RecordTable:
 
 
 def write_weights(path: Path, weights: Iterable[float]) -> None:
-    with atomic_write(path) as f:
+    with atomic_write(path, private=True) as f:
         for w in weights:
             f.write(f"{w!r}\n")
 
@@ -459,18 +460,43 @@ class Vocabulary:
 
     @classmethod
     def load(cls, path: str | Path) -> "Vocabulary":
+        """Read a ``class_labels_indices.csv``; raises ValueError naming the file, the line and what is wrong with
+        a malformed row, a duplicate index, mid or display name (a duplicate mid's class would never get a
+        positive), or indices that are not 0..N-1."""
         path = Path(path)
+        rows: dict[int, tuple[str, str]] = {}
+        seen: dict[str, dict[str, int]] = {"mid": {}, "display_name": {}}  # value -> line
         with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        if not rows or not {"index", "mid", "display_name"} <= set(rows[0]):
-            raise ValueError(f"{path}: expected columns index,mid,display_name")
-        rows.sort(key=lambda r: int(r["index"]))
-        if [int(r["index"]) for r in rows] != list(range(len(rows))):
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or not {"index", "mid", "display_name"} <= set(reader.fieldnames):
+                raise ValueError(f"{path}: expected columns index,mid,display_name")
+            for row in reader:
+                line = reader.line_num
+                if None in row or None in row.values():
+                    raise ValueError(f"{path}:{line}: expected {len(reader.fieldnames)} fields "
+                                     f"({','.join(reader.fieldnames)}), got another number")
+                try:
+                    i = int(row["index"])
+                except ValueError:
+                    raise ValueError(f"{path}:{line}: index {row['index']!r} is not an integer") from None
+                if i in rows:
+                    raise ValueError(f"{path}:{line}: index {i} appears twice")
+                for col, values in seen.items():
+                    value = row[col]
+                    if not value.strip():
+                        raise ValueError(f"{path}:{line}: empty {col}")
+                    if value in values:
+                        raise ValueError(f"{path}:{line}: {col} {value!r} is already that of line {values[value]}")
+                    values[value] = line
+                rows[i] = (row["mid"], row["display_name"])
+        if not rows:
+            raise ValueError(f"{path}: no classes")
+        if sorted(rows) != list(range(len(rows))):
             raise ValueError(f"{path}: indices must be 0..N-1 without gaps")
-        return cls(tuple(r["mid"] for r in rows), tuple(r["display_name"] for r in rows))
+        return cls(tuple(rows[i][0] for i in range(len(rows))), tuple(rows[i][1] for i in range(len(rows))))
 
     def save(self, path: str | Path) -> None:
-        with open(path, "w", newline="") as f:
+        with atomic_write(path, newline="", private=True) as f:
             w = csv.writer(f)
             w.writerow(["index", "mid", "display_name"])
             for i, (m, n) in enumerate(zip(self.mids, self.names)):
@@ -478,39 +504,43 @@ class Vocabulary:
 
 
 class ShardBytes:
-    """Random access to FLAC members' bytes: one read-only memory map per shard, opened on first use.
-    Shard paths must open (``trainer.data.datasets.load_records`` makes them absolute)."""
+    """Random access to FLAC members' bytes: each member read with ``pread`` into its own buffer, from one open
+    file per shard, opened on first use. Shard paths must open (``trainer.data.datasets.load_records`` makes them
+    absolute).
+
+    Not a memory map: a shard that shrinks under a running job (truncated, or rewritten in place) makes a read of
+    a mapped page past its new end a bus error (SIGBUS) that kills the process with no message; a short read is an
+    error naming the shard. The cost of the copy is in benchmarks/NOTES.md (issue 22)."""
 
     def __init__(self) -> None:
-        self._maps: dict[str, tuple[mmap.mmap, np.ndarray]] = {}
+        self._files: dict[str, io.FileIO] = {}
 
-    def _map(self, shard: str) -> tuple[mmap.mmap, np.ndarray]:
-        m = self._maps.get(shard)
-        if m is None:
-            with open(shard, "rb") as f:  # the map keeps its own reference to the file
-                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            # a plain ndarray over the map: its slices are views the garbage collector does not track
-            # (np.memmap slices are tracked objects, and a batch's worth set off full collections with
-            # the GIL held: benchmarks/NOTES.md, round 2)
-            m = self._maps[shard] = (mm, np.frombuffer(mm, dtype=np.uint8))
-        return m
+    def _fd(self, shard: str) -> int:
+        f = self._files.get(shard)
+        if f is None:
+            f = self._files[shard] = open(shard, "rb", buffering=0)
+        return f.fileno()
 
     def member(self, shard: str, offset: int, size: int) -> np.ndarray:
-        """The ``size`` bytes at ``offset`` of ``shard``, as a view of its map (nothing is read yet)."""
-        data = self._map(shard)[1]
-        if offset + size > len(data):
+        """The ``size`` bytes at ``offset`` of ``shard``; raises RuntimeError naming the shard when the file ends
+        before them."""
+        fd = self._fd(shard)
+        # a plain ndarray: untracked by the garbage collector (tracked objects per batch set off full
+        # collections with the GIL held: benchmarks/NOTES.md, round 2)
+        data = np.empty(size, dtype=np.uint8)
+        got = 0
+        while got < size and (n := os.preadv(fd, [data[got:]], offset + got)):
+            got += n
+        if got < size:
             raise RuntimeError(f"shard {shard}: a member at {offset}+{size} runs past the end of the file "
-                               f"({len(data)} bytes); is the manifest from another build?")
-        return data[offset:offset + size]
+                               f"({os.fstat(fd).st_size} bytes): was the shard truncated or rewritten while in use, "
+                               "or is the manifest from another build?")
+        return data
 
     def __call__(self, rec: ShardRecord) -> np.ndarray:
         return self.member(rec.shard, rec.offset, rec.size)
 
     def will_need(self, shard: str, offset: int, size: int) -> None:
-        """Ask the kernel to start reading a member into the page cache now (MADV_WILLNEED returns at once),
-        so that the page faults of a later read find it there."""
-        mm = self._map(shard)[0]
-        start = offset - offset % mmap.PAGESIZE  # madvise takes page-aligned ranges
-        end = min(offset + size, len(mm))
-        if end > start:
-            mm.madvise(mmap.MADV_WILLNEED, start, end - start)
+        """Ask the kernel to start reading a member into the page cache now (POSIX_FADV_WILLNEED returns at once),
+        so that a later read finds it there."""
+        os.posix_fadvise(self._fd(shard), offset, size, os.POSIX_FADV_WILLNEED)

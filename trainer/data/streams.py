@@ -1,7 +1,7 @@
 """TrainStream / EvalStream: batches of features, labels and keys, decoded and featurised by DALI.
 
 Each sample's FLAC bytes are read straight from its tar shard through the manifest's offset/size
-(one read-only memory map per shard, kept open) and handed to DALI by an external_source batch
+(one pread per member from a file kept open per shard) and handed to DALI by an external_source batch
 iterator; DALI decodes and crops/pads, and the front-end's features come from DALI on the GPU when the
 stream's device is CUDA (with waveform mixup, from the torch tail on the device, after the mix), or from a
 torch tail on worker threads on a CPU (features.py says which step runs where). The order of samples is a
