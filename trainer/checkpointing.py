@@ -137,11 +137,11 @@ def load_checkpoint(accelerator: Accelerator, candidates: list[tuple[Path, dict[
 
 def save_weights(state_dict: dict[str, torch.Tensor], path: Path) -> None:
     """A plain state dict of the unwrapped model (for WA, the best model, teachers and predict): written
-    whole or not at all, and never non-finite."""
+    whole or not at all, durably, and never non-finite."""
     check_finite(state_dict, str(path))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(path, "wb") as f:
+        with atomic_write(path, "wb", fsync=True) as f:  # a resumed run averages the epochs saved before
             torch.save(state_dict, f)
     except OSError as e:
         raise SaveFailed(f"writing {path} failed ({e}); the file as it was before is intact") from e
@@ -150,7 +150,7 @@ def save_weights(state_dict: dict[str, torch.Tensor], path: Path) -> None:
 def copy_weights(src: Path, dst: Path) -> None:
     """``src`` to ``dst``, atomically (``best.pt`` from the best epoch's weights)."""
     try:
-        with open(src, "rb") as f, atomic_write(dst, "wb") as g:
+        with open(src, "rb") as f, atomic_write(dst, "wb", fsync=True) as g:
             shutil.copyfileobj(f, g)
     except OSError as e:
         raise SaveFailed(f"copying {src} to {dst} failed ({e}); {dst} as it was before is intact") from e
