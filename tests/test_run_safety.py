@@ -21,8 +21,11 @@ from runkit import REPO, launch, tiny_config
 from test_faults import _tree
 from trainer.checkpointing import CheckpointUnreadable, find_checkpoints, load_checkpoint, save_checkpoint
 from trainer.data.corrupt import CorruptLog, seal
+from trainer.data.datasets import resolve_splits
 from trainer.data.manifest import read_weights, write_weights
+from trainer.data.settings import DataConfig
 from trainer.faults import LOCK, MARKER, RunExists, RunLocked, claim_run_dir
+from trainer.fingerprint import ResumeMismatch, changes, check_resume, fingerprint
 from trainer.results import read_rows, truncate_rows
 
 
@@ -104,8 +107,8 @@ def test_a_second_launch_stops_at_once_naming_the_holder(built_shards, synthetic
         proc = launch("trainer/run.py", str(config), "run.resume=true", processes=2, check=False)
         elapsed = time.monotonic() - started
         assert proc.returncode != 0
-        assert proc.stderr.count(f"is in use: another launch runs it now (host {os.uname().nodename}, pid {holder.pid}") \
-            == 2, proc.stderr[-3000:]  # both ranks stop with the main process's reason
+        reason = f"is in use: another launch runs it now (host {os.uname().nodename}, pid {holder.pid}"
+        assert proc.stderr.count(reason) == 2, proc.stderr[-3000:]  # both ranks stop with the main process's reason
         assert _tree(runs) == before and elapsed < 120, elapsed
     finally:
         os.kill(holder.pid, signal.SIGKILL)
@@ -216,3 +219,29 @@ def test_power_loss_checkpoint_and_a_changed_resume(built_shards, synthetic_dir,
     assert (run / "summary.json").is_file()
     progress = json.loads((run / "checkpoints" / "step_00000006" / "progress.json").read_text())
     assert progress["fingerprint"]["config"]["optim.lr"] == 2e-3
+
+
+def test_fingerprint_names_what_changed(built_shards):
+    data = resolve_splits(DataConfig(train=[str(built_shards["train"])], valid_fraction=0.2,
+                                     eval=[str(built_shards["eval"])]))
+    config = {"optim": {"lr": 1e-3, "epochs": 2}, "run": {"name": "a", "seed": 1}, "data": {"num_threads": 1}}
+    saved = fingerprint(config, data)
+    assert set(saved["data"]["train"]) == {str(built_shards["train"])}
+    assert saved["data"]["train"] != saved["data"]["valid"]
+    later = {"optim": {"lr": 2e-3, "epochs": 2, "new_key": 1}, "run": {"name": "b", "seed": 2},
+             "data": {"num_threads": 2}}
+    now = fingerprint(later, resolve_splits(DataConfig(train=[str(built_shards["train"])], valid_fraction=0.3,
+                                                       eval=[str(built_shards["eval"])])))
+    found = changes(saved, now)  # run.name, run.seed, data.num_threads may change; a key old code lacked is no change
+    assert found == ["optim.lr: 0.001 → 0.002", f"data train: the records of {built_shards['train']} changed "
+                     "(manifest.jsonl or weights.csv)", f"data valid: the records of {built_shards['train']} changed "
+                     "(manifest.jsonl or weights.csv)"]
+    with pytest.raises(ResumeMismatch, match=r"resuming ck, but since it was saved: optim\.lr: 0\.001 → 0\.002; data "
+                                             r"train: .*run\.allow_changed=true"):
+        check_resume(saved, now, False, Path("ck"))
+    assert check_resume(saved, now, True, Path("ck"))[0] == "resuming with changes (run.allow_changed): optim.lr: " \
+                                                            "0.001 → 0.002"
+    assert check_resume(saved, fingerprint(config, data), False, Path("ck")) == []
+    assert "records no fingerprint" in check_resume(None, now, False, Path("ck"))[0]
+    no_eval = fingerprint(config, resolve_splits(DataConfig(train=[str(built_shards["train"])], valid_fraction=0.2)))
+    assert changes(saved, no_eval) == [f"data eval: {built_shards['eval']} no longer used"]

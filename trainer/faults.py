@@ -112,8 +112,12 @@ def claim_run_dir(runs: str | Path, name: str, resume: bool | str, overwrite: bo
             raise RunExists(f"{run_dir} already holds a run ({', '.join(found)}); continue it with run.resume=true, "
                             f"or start over with run.overwrite=true (which deletes its contents first)")
         if overwrite and entries:
-            log(f"run.overwrite: deleting the previous run in {run_dir}: "
-                + ", ".join(_delete(p) for p in entries))
+            log(f"run.overwrite: deleting the previous run in {run_dir}: {', '.join(map(_describe, entries))}")
+            for p in entries:
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)  # which removes links inside without following them
+                else:
+                    p.unlink()
         lock.record_holder()
         if not (run_dir / MARKER).is_file():
             with atomic_write(run_dir / MARKER, fsync=True) as f:
@@ -137,13 +141,9 @@ def _check_ours(run_dir: Path, overwrite: bool) -> list[Path]:
     return entries
 
 
-def _delete(path: Path) -> str:
-    """Delete ``path`` (a directory with what is inside it, never following a link); say what it was."""
+def _describe(path: Path) -> str:
     if path.is_dir() and not path.is_symlink():
-        files = sum(len(f) for _, _, f in os.walk(path))
-        shutil.rmtree(path)
-        return f"{path.name}/ ({files} files)"
-    path.unlink()
+        return f"{path.name}/ ({sum(len(f) for _, _, f in os.walk(path))} files)"
     return path.name
 
 

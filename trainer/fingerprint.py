@@ -74,9 +74,9 @@ def changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """What differs between a checkpoint's fingerprint and this launch's, one line per config key or dataset."""
     out = []
     old, new = saved.get("config", {}), now["config"]
-    for key in sorted(old.keys() | new.keys()):
-        if old.get(key, "(unset)") != new.get(key, "(unset)"):
-            out.append(f"{key}: {old.get(key, '(unset)')!r} → {new.get(key, '(unset)')!r}")
+    for key in sorted(old.keys() & new.keys()):  # a key one version of the code lacks is not a change of settings
+        if old[key] != new[key]:
+            out.append(f"{key}: {old[key]!r} → {new[key]!r}")
     old, new = saved.get("data", {}), now["data"]
     if old.get("vocabulary") != new["vocabulary"]:
         out.append("data vocabulary: the class list changed")
