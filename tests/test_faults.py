@@ -17,7 +17,7 @@ from accelerate import Accelerator
 from runkit import REPO, launch, tiny_config
 from test_run import _step_losses
 from tools.launch import cpu_launch
-from trainer.checkpointing import SaveFailed, find_checkpoint, load_checkpoint, save_checkpoint, save_weights
+from trainer.checkpointing import SaveFailed, find_checkpoints, load_checkpoint, save_checkpoint, save_weights
 from trainer.data.datasets import resolve_splits
 from trainer.data.features import build_frontend
 from trainer.data.manifest import read_manifest
@@ -42,7 +42,8 @@ def test_second_launch_changes_nothing_and_overwrite_starts_clean(built_shards, 
         and "run.overwrite=true" in proc.stderr
     assert _tree(run) == before  # not a byte changed
     (run / "stale.txt").write_text("from the old run")
-    launch("trainer/run.py", str(config), "run.overwrite=true")
+    proc = launch("trainer/run.py", str(config), "run.overwrite=true")
+    assert f"run.overwrite: deleting the previous run in {run}: " in proc.stdout and "stale.txt" in proc.stdout
     assert not (run / "stale.txt").exists() and (run / "summary.json").is_file()
 
 
@@ -87,8 +88,8 @@ def test_corrupt_clip_skipped_then_sigterm_and_a_resumed_run_repeats_the_losses(
     out, err = proc.communicate(timeout=300)
     assert proc.returncode != 0
     assert "preempted by SIGTERM at epoch 1, step" in err and "resume with run.resume=true" in err, err[-2000:]
-    checkpoint = find_checkpoint(True, tmp_path / "runs" / "cut")
-    assert checkpoint is not None and json.loads((checkpoint / "progress.json").read_text())["epoch"] == 0
+    (checkpoint, progress), *_ = find_checkpoints(True, tmp_path / "runs" / "cut")
+    assert progress["epoch"] == 0
     launch("trainer/run.py", str(config), "run.name=cut", "run.resume=true", processes=2)
     assert _step_losses(tmp_path / "runs" / "cut") == _step_losses(tmp_path / "runs" / "full")
 
@@ -103,7 +104,7 @@ def test_nonfinite_loss_stops_naming_the_step_and_saves_nothing(built_shards, sy
     proc = launch("trainer/run.py", str(config), check=False)
     assert proc.returncode != 0 and "non-finite loss at epoch 1, step" in proc.stderr, proc.stderr[-2000:]
     run = tmp_path / "runs" / "tiny"
-    assert not list(run.glob("models/*.pt")) and find_checkpoint(True, run) is None
+    assert not list(run.glob("models/*.pt")) and find_checkpoints(True, run) == []
 
 
 def test_a_failed_save_keeps_the_previous_checkpoint_and_weights(tmp_path, monkeypatch):
@@ -128,8 +129,8 @@ def test_a_failed_save_keeps_the_previous_checkpoint_and_weights(tmp_path, monke
             model.weight.add_(1.0)
         with pytest.raises(SaveFailed, match="best.pt failed"):
             save_weights(model.state_dict(), tmp_path / "models" / "best.pt")
-    assert find_checkpoint(True, tmp_path) == first
-    assert load_checkpoint(accelerator, first) == {"epoch": 1, "step": 0}
+    assert find_checkpoints(True, tmp_path) == [(first, {"epoch": 1, "step": 0})]
+    assert load_checkpoint(accelerator, find_checkpoints(True, tmp_path)) == (first, {"epoch": 1, "step": 0})
     assert (tmp_path / "models" / "best.pt").read_bytes() == best
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step_00000001"]
     assert [p.name for p in (tmp_path / "models").iterdir()] == ["best.pt"]

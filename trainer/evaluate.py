@@ -27,7 +27,8 @@ class Predictions:
     targets: np.ndarray  # N × C
 
     def save(self, path: str | Path) -> None:
-        with atomic_write(path, "wb") as f:
+        """Durably: a run's final results read each evaluated epoch's predictions back after a resume."""
+        with atomic_write(path, "wb", fsync=True) as f:
             np.savez_compressed(f, keys=np.array(self.keys), probs=self.probs, targets=self.targets)
 
     @classmethod

@@ -1,18 +1,36 @@
-"""What ends a multi-day run early, met so that nothing is lost: a second launch over a run's results, a
-preemption signal, a non-finite loss."""
+"""What ends a multi-day run early, met so that nothing is lost: a second launch over a run's results or
+while the run is still going, a run name pointing outside ``run.dir``, a preemption signal, a non-finite loss."""
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import signal
+import socket
+import time
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+
+from trainer.data.atomic import atomic_write
+from trainer.data.locks import LockHeld, hold_lock
 
 RESULTS = ("checkpoints", "metrics.csv", "models")  # what makes a directory a run's
+MARKER = ".audiotag-run"  # written when a run claims its directory: run.overwrite deletes only directories with it
+LOCK = ".lock"  # flock'd by the run's main process while it runs; holds the holder's host, pid and start time
 
 
 class RunExists(RuntimeError):
-    """A new run was started where another run's results are."""
+    """The run directory cannot be claimed: another run's results are there, it is not inside ``run.dir``, or it
+    holds files this trainer did not write."""
+
+
+class RunLocked(RunExists):
+    """Another launch is running this run now."""
 
 
 class NonFinite(RuntimeError):
@@ -27,13 +45,104 @@ class Preempted(RuntimeError):
         self.code = code
 
 
-def claim_run_dir(run_dir: Path, resume: bool | str, overwrite: bool) -> None:
-    """Refuse to start a new run over an existing run's results, before any work: continuing needs
-    run.resume, starting over needs run.overwrite (the caller then empties the directory)."""
-    found = [name for name in RESULTS if (run_dir / name).exists()]
-    if found and not resume and not overwrite:
-        raise RunExists(f"{run_dir} already holds a run ({', '.join(found)}); continue it with run.resume=true, "
-                        f"or start over with run.overwrite=true (which deletes its contents first)")
+def run_dir_inside(runs: str | Path, name: str) -> Path:
+    """``runs/name``, refused unless it is one directory directly inside ``runs`` once links and ``..`` are
+    resolved: run.overwrite deletes it, so it must never be ``runs`` itself, a parent or an outside path (the
+    config check refuses such names too; the deleting code does not rely on it)."""
+    root = Path(runs).resolve()
+    run_dir = Path(runs) / name
+    resolved = run_dir.resolve()
+    if name in ("", ".", "..") or len(Path(name).parts) != 1 or Path(name).is_absolute() or resolved.parent != root:
+        raise RunExists(f"run.name {name!r}: a run directory must be one directory inside run.dir {root}, but it "
+                        f"resolves to {resolved}; nothing was touched")
+    return run_dir
+
+
+class RunLock:
+    """The run directory's lock (trainer/data/locks.py on ``run_dir/.lock``): held until :meth:`release` or the
+    process ends (the kernel drops it then, so a crash leaves no stale lock); the file names the holder."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / LOCK
+        self._held = ExitStack()
+        try:
+            self._held.enter_context(hold_lock(self.path, f"{run_dir}"))
+        except LockHeld as e:
+            raise RunLocked(f"{e}; another launch runs it now") from None
+
+    def release(self) -> None:
+        self._held.close()
+
+
+def claim_run_dir(runs: str | Path, name: str, resume: bool | str, overwrite: bool,
+                  log: Callable[[str], None] = print) -> RunLock:
+    """Claim ``runs/name`` for this process before any work, or raise :class:`RunExists` having changed
+    nothing: the directory must be inside ``runs`` and not locked by another launch; continuing a run needs
+    run.resume, starting over needs run.overwrite, which deletes only a directory this trainer marked as a run
+    (and lists what it deletes). The claim leaves the run's marker in the directory and returns the lock,
+    held for the run's life."""
+    run_dir = run_dir_inside(runs, name)
+    if run_dir.is_dir():
+        _check_ours(run_dir, overwrite)  # before the lock file is made: a directory not ours is not touched
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(run_dir)
+    try:
+        entries = _check_ours(run_dir, overwrite)
+        found = [n for n in RESULTS if (run_dir / n).exists()]
+        if found and not resume and not overwrite:
+            raise RunExists(f"{run_dir} already holds a run ({', '.join(found)}); continue it with run.resume=true, "
+                            f"or start over with run.overwrite=true (which deletes its contents first)")
+        if overwrite and entries:
+            log(f"run.overwrite: deleting the previous run in {run_dir}: {', '.join(map(_describe, entries))}")
+            for p in entries:
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)  # which removes links inside without following them
+                else:
+                    p.unlink()
+        if not (run_dir / MARKER).is_file():
+            with atomic_write(run_dir / MARKER, fsync=True) as f:
+                json.dump({"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                           "host": socket.gethostname(), "pid": os.getpid()}, f)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _check_ours(run_dir: Path, overwrite: bool) -> list[Path]:
+    """The directory's entries (the lock file aside); refused when it holds files but not this trainer's
+    marker, unless it is an older run's (its results, no marker) that is to be resumed."""
+    entries = sorted(p for p in run_dir.iterdir() if p.name != LOCK)
+    names = {p.name for p in entries}
+    if names and MARKER not in names and (overwrite or not names & set(RESULTS)):
+        raise RunExists(f"{run_dir} holds files that are not a run of this trainer (no {MARKER} marker: "
+                        f"{', '.join(sorted(names)[:5])}{', …' if len(names) > 5 else ''}); nothing was deleted: "
+                        "move them away or choose another run.name")
+    return entries
+
+
+def _describe(path: Path) -> str:
+    if path.is_dir() and not path.is_symlink():
+        return f"{path.name}/ ({sum(len(f) for _, _, f in os.walk(path))} files)"
+    return path.name
+
+
+def claim_run(accelerator: Accelerator, runs: str | Path, name: str, resume: bool | str,
+              overwrite: bool) -> Optional[RunLock]:
+    """Collective: the main process claims the run directory (:func:`claim_run_dir`) and every rank learns the
+    outcome, so a refused launch stops on all ranks at once; the main process gets the lock, the others None."""
+    lock, error = None, None
+    if accelerator.is_main_process:
+        try:
+            lock = claim_run_dir(runs, name, resume, overwrite, accelerator.print)
+        except Exception as e:  # an OSError too: the other ranks must not wait for a claim that never comes
+            error = e
+    message = broadcast_object_list([None if error is None else f"{type(error).__name__}: {error}"])[0]
+    if error is not None:
+        raise error
+    if message is not None:
+        raise (RunLocked if message.startswith("RunLocked") else RunExists)(message.split(": ", 1)[1])
+    return lock
 
 
 class Preemption:

@@ -47,12 +47,16 @@ def evaluated(rows: list[dict[str, str]], column: str) -> dict[int, float]:
 
 
 def truncate_rows(path: Path, keep: int) -> None:
-    """Drop rows past the first ``keep`` (a resumed run rewrites what came after its checkpoint)."""
-    rows = read_rows(path)
-    if len(rows) > keep:
-        path.unlink()
-        for row in rows[:keep]:
-            append_row(path, row)
+    """Drop rows past the first ``keep`` (a resumed run rewrites what came after its checkpoint, a row torn by
+    a crash included): the kept rows are written aside and renamed over the file, so a kill or a power loss
+    leaves the old file or the new one."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        lines = list(csv.reader(f))
+    if len(lines) - 1 > keep:
+        with atomic_write(path, newline="", fsync=True) as f:
+            csv.writer(f).writerows(lines[:keep + 1])
 
 
 def write_result(path: Path, metrics: dict[str, Any], eval_ids: EvalSelection | None = None) -> None:

@@ -13,7 +13,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -27,14 +26,14 @@ from tqdm import tqdm
 
 from trainer import results
 from trainer.averaging import average_state_dicts
-from trainer.checkpointing import SaveFailed, copy_weights, find_checkpoint, load_checkpoint, read_progress, \
+from trainer.checkpointing import CheckpointUnreadable, SaveFailed, copy_weights, find_checkpoints, load_checkpoint, \
     save_checkpoint, save_weights, weights_path
 from trainer.config import Config, ConfigError, load_config, missing_paths
 from trainer.cpu_tuning import configure_cpu
 from trainer.devices import DeviceError, resolve_device
 from trainer.data.chunks import Chunking
-from trainer.data.corrupt import CORRUPT_SAMPLES, CorruptLog, TooManyCorrupt
-from trainer.data.datasets import SplitError, resolve_splits
+from trainer.data.corrupt import CORRUPT_SAMPLES, CorruptLog, TooManyCorrupt, seal
+from trainer.data.datasets import SplitError, Splits, resolve_splits
 from trainer.data.eval_ids import MISSING_IDS, EvalIdsError, EvalSelection
 from trainer.data.features import FrontEnd, build_frontend
 from trainer.data.manifest import VOCABULARY, Vocabulary
@@ -48,7 +47,8 @@ from trainer.losses import training_loss
 from trainer.models import build_model, load_weights
 from trainer.models.imagenet import PretrainedUnavailable
 from trainer.optim import build_optimizer, build_scheduler
-from trainer.faults import NonFinite, Preempted, Preemption, RunExists, claim_run_dir
+from trainer.faults import NonFinite, Preempted, Preemption, RunExists, claim_run
+from trainer.fingerprint import ResumeMismatch, check_resume, fingerprint, flat
 from trainer.psl import ChunkedTeacherStudent, ChunkOracle
 from trainer.runs import build_teacher
 from trainer.settings import teacher_members
@@ -110,8 +110,6 @@ def main(argv: list[str] | None = None) -> dict:
         data = resolve_splits(cfg.data)
     except SplitError as e:
         raise ConfigError(str(e)) from None
-    run_dir = cfg.run_dir
-    claim_run_dir(run_dir, cfg.run.resume, cfg.run.overwrite)  # before any work: never over another run's results
     device = resolve_device(cfg.train.device)
     precision = cfg.train.precision
     if precision == "auto":
@@ -122,8 +120,22 @@ def main(argv: list[str] | None = None) -> dict:
         gradient_accumulation_steps=cfg.optim.grad_accum,
         step_scheduler_with_optimizer=False,  # the schedule counts optimizer steps, whatever the world size
         log_with=cfg.train.trackers or None,
-        project_dir=str(run_dir),
+        project_dir=str(cfg.run_dir),
     )
+    # Before any work: the main process locks the run directory for the run's life (and with run.overwrite
+    # empties it); a refusal (another launch running it, another run's results, a path outside run.dir) stops
+    # every rank at once.
+    lock = claim_run(accelerator, cfg.run.dir, cfg.run.name, cfg.run.resume, cfg.run.overwrite)
+    try:
+        return _run(cfg, accelerator, data)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(cfg: Config, accelerator: Accelerator, data: Splits) -> dict:
+    """The run in the directory this process has claimed: data, models, resume, epochs, final results."""
+    run_dir = cfg.run_dir
     rank, world = accelerator.process_index, accelerator.num_processes
     try:  # the recipe's global batch, whatever the number of processes
         batch_size, accumulation = cfg.data.batch_plan(world)
@@ -131,17 +143,15 @@ def main(argv: list[str] | None = None) -> dict:
         raise ConfigError(f"data.{e}") from None
     if cfg.data.global_batch_size is not None:
         accelerator.gradient_accumulation_steps = accumulation
-    if cfg.run.overwrite and accelerator.is_main_process:
-        shutil.rmtree(run_dir, ignore_errors=True)  # no stale file of the old run survives
-    accelerator.wait_for_everyone()
     if accelerator.device.type == "cpu":
         configure_cpu(int(os.environ.get("LOCAL_WORLD_SIZE", world)), cfg.train.cpu_threads)
     log = accelerator.print
     log(f"{world} process{'es' if world > 1 else ''} on {accelerator.device}: "
         f"{_plan(batch_size, world, accelerator.gradient_accumulation_steps)}")
-    checkpoint = find_checkpoint(cfg.run.resume, run_dir)
+    checkpoints = find_checkpoints(cfg.run.resume, run_dir, log)  # newest first; unreadable ones named and left out
+    checkpoint = checkpoints[0][0] if checkpoints else None
     if checkpoint is not None:  # a resumed run repeats the interrupted one: it keeps that run's seed
-        seed = read_progress(checkpoint)["seed"]
+        seed = checkpoints[0][1]["seed"]
         if seed != cfg.run.seed:
             log(f"warning: run.seed {cfg.run.seed} differs from the checkpoint's seed {seed}; resuming with {seed}")
             cfg.run.seed = seed
@@ -156,13 +166,16 @@ def main(argv: list[str] | None = None) -> dict:
     if accelerator.device.type == "cuda":
         check_gpu_frontend(frontend, accelerator.device)  # DALI's GPU ops load, or one error says what is missing
         torch.backends.cudnn.benchmark = True  # fixed input shapes
+    run_facts = fingerprint(cfg.to_dict(), data)  # recorded with every checkpoint, checked on resume
+    if checkpoint is not None:  # before anything is written: a refused resume leaves the run as it was
+        allowed = check_resume(checkpoints[0][1].get("fingerprint"), run_facts, cfg.run.allow_changed, checkpoint)
     if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        seal(run_dir / CORRUPT_SAMPLES)  # a row torn by a crash must not swallow the next one appended
         cfg.save(run_dir / "config.yaml")  # resolved: predict and PSL teachers rebuild the same features from it
         vocab.save(run_dir / VOCABULARY)
         if data.eval_ids:
             data.eval_ids.write_missing(run_dir / MISSING_IDS)
-        accelerator.init_trackers(cfg.run.name, config=_flat(cfg.to_dict()))
+        accelerator.init_trackers(cfg.run.name, config=flat(cfg.to_dict()))
     accelerator.wait_for_everyone()
     where = dict(rank=rank, world_size=world, device=accelerator.device)
     corrupt = CorruptLog(run_dir / CORRUPT_SAMPLES, len(data.train), cfg.data.max_corrupt_fraction) \
@@ -210,8 +223,14 @@ def main(argv: list[str] | None = None) -> dict:
     # ---- 3. Resume -----------------------------------------------------------------------------
     progress = {"epoch": 0, "step": 0, "global_step": 0}
     if checkpoint is not None:
-        progress = load_checkpoint(accelerator, checkpoint)
+        loaded, progress = load_checkpoint(accelerator, checkpoints, log)
+        if loaded != checkpoint:  # an older one: check it too
+            checkpoint = loaded
+            allowed = check_resume(progress.get("fingerprint"), run_facts, cfg.run.allow_changed, checkpoint)
+        for note in allowed:
+            log(f"warning: {note}")
         log(f"resumed from {checkpoint}: epoch {progress['epoch'] + 1}, step {progress['step']}")
+    steplog, preemption = StepLog(), Preemption()  # from here a signal is recorded, so no rewrite below is torn
     if accelerator.is_main_process:
         results.truncate_rows(run_dir / "metrics.csv", progress["epoch"])
         results.truncate_rows(run_dir / "steps.csv", progress["global_step"])
@@ -222,7 +241,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- 4. Train ------------------------------------------------------------------------------
     global_step = progress["global_step"]
-    steplog, preemption = StepLog(), Preemption()
+
+    def progress_at(epoch: int, step: int) -> dict:
+        return {"epoch": epoch, "step": step, "global_step": global_step, "seed": cfg.run.seed,
+                "stream": train.state_dict(), "fingerprint": run_facts}
+
+    durable = (run_dir / "metrics.csv", run_dir / "steps.csv")  # the rows a checkpoint's progress counts
     for epoch in range(progress["epoch"], cfg.optim.epochs):
         if schedule.stalled(epoch):
             best = best_epoch(schedule.history)
@@ -266,13 +290,9 @@ def main(argv: list[str] | None = None) -> dict:
                 bar.set_postfix(loss=f"{losses[-1]:.4f}" if losses else "-")
                 if flush.stop and not last:  # preempted mid-epoch: save where the ranks are, then stop
                     raise preemption.stop(f"at epoch {epoch + 1}, step {step + 1}", save_checkpoint(
-                        accelerator, model, run_dir, global_step, {
-                            "epoch": epoch, "step": step + 1, "global_step": global_step, "seed": cfg.run.seed,
-                            "stream": train.state_dict()}))
+                        accelerator, model, run_dir, global_step, progress_at(epoch, step + 1), durable))
             if save:
-                save_checkpoint(accelerator, model, run_dir, global_step, {
-                    "epoch": epoch, "step": step + 1, "global_step": global_step, "seed": cfg.run.seed,
-                    "stream": train.state_dict()})
+                save_checkpoint(accelerator, model, run_dir, global_step, progress_at(epoch, step + 1), durable)
             if cfg.train.stop_after_steps and global_step >= cfg.train.stop_after_steps:
                 log(f"stopping abruptly after step {global_step} (train.stop_after_steps)")
                 return {}
@@ -304,9 +324,7 @@ def main(argv: list[str] | None = None) -> dict:
             results.plot_curves(run_dir / "metrics.csv", run_dir / "curves.png")
             accelerator.log({f"epoch/{k}": v for k, v in shown.items()}, step=global_step)
             save_weights(unwrapped.state_dict(), run_dir / "models" / f"epoch_{epoch + 1}.pt")
-        saved = save_checkpoint(accelerator, model, run_dir, global_step, {
-            "epoch": epoch + 1, "step": 0, "global_step": global_step, "seed": cfg.run.seed,
-            "stream": train.state_dict()})
+        saved = save_checkpoint(accelerator, model, run_dir, global_step, progress_at(epoch + 1, 0), durable)
         if preemption.agreed(accelerator):  # a signal during the epoch's last steps or its evaluation
             raise preemption.stop(f"after epoch {epoch + 1}", saved)
     preemption.restore()
@@ -418,16 +436,6 @@ def _prediction_path(run_dir: Path, split: str, tag: str) -> Path:
     return path
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return out
-
-
 if __name__ == "__main__":
     try:
         main(sys.argv[1:])
@@ -437,5 +445,5 @@ if __name__ == "__main__":
         print(e, file=sys.stderr)
         sys.exit(e.code)
     except (RunExists, NonFinite, SaveFailed, TooManyCorrupt, DeviceError, PretrainedUnavailable,
-            EvalIdsError) as e:
+            EvalIdsError, CheckpointUnreadable, ResumeMismatch) as e:
         sys.exit(f"error: {e}")

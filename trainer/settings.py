@@ -20,6 +20,7 @@ class RunConfig:
     seed: int = 0
     resume: Union[bool, str] = False  # true: latest checkpoint of this run; a path: that checkpoint
     overwrite: bool = False  # start over in a directory holding another run's results (deleted first)
+    allow_changed: bool = False  # resume although the data or settings differ from the checkpoint's (logged)
 
     def validate(self, section: str) -> None:
         """ValueError naming the dotted key (``section.name``) of the first setting out of its domain."""

@@ -4,7 +4,8 @@ A multi-day run meets bit rot and partial copies that verification before the ru
 DALI fails on a batch, the stream finds the sample(s) at fault and, with ``data.on_corrupt: skip``, a
 :class:`CorruptLog` appends them to ``runs/NAME/corrupt_samples.jsonl`` (key, shard, error, epoch,
 step). Every rank reads the file back when it plans batches, and a resumed run starts from it, so a
-corrupt sample is excluded for the rest of the run everywhere.
+corrupt sample is excluded for the rest of the run everywhere. A row torn by a crash (a short write) is
+ignored with a warning, never fatal.
 """
 from __future__ import annotations
 
@@ -18,6 +19,19 @@ CORRUPT_SAMPLES = "corrupt_samples.jsonl"
 
 class TooManyCorrupt(RuntimeError):
     """More of the training set failed to decode than a run tolerates."""
+
+
+def seal(path: str | Path) -> None:
+    """End a torn last row of the log at ``path`` (a write cut short by a crash: no newline at the end) with a
+    newline, so that the next row appended stays whole; the torn row is then ignored with a warning. Call it
+    while no other process appends (the run's main process, before the ranks start)."""
+    path = Path(path)
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb+") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+                warnings.warn(f"{path}: its last row was torn (a crash during a write); it is ignored", stacklevel=2)
 
 
 class CorruptLog:
@@ -40,8 +54,12 @@ class CorruptLog:
                     if not line.endswith(b"\n"):  # another rank's row, half written: next time
                         break
                     self._read_to += len(line)
-                    row = json.loads(line)
-                    self.rows.setdefault(row["key"], row)
+                    try:
+                        row = json.loads(line)
+                        self.rows.setdefault(row["key"], row)
+                    except (ValueError, TypeError, KeyError):
+                        warnings.warn(f"{self.path}: ignoring a row that does not parse (torn by a crash?): "
+                                      f"{line[:200]!r}", stacklevel=2)
         return set(self.rows)
 
     def add(self, key: str, shard: str, error: str, epoch: int, step: int) -> None:
