@@ -185,7 +185,8 @@ def _results(jobs: list, workers: int) -> Iterator[tuple]:
     if workers <= 1:
         yield from map(_encode, jobs)
         return
-    with multiprocessing.Pool(workers) as pool:
+    # forkserver, not fork: the caller (a test session, a trainer) may already run CUDA or DALI threads
+    with multiprocessing.get_context("forkserver").Pool(workers) as pool:
         yield from pool.imap(_encode, jobs, chunksize=4)  # imap keeps input order: output is deterministic
 
 

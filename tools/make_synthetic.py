@@ -275,7 +275,8 @@ def make_synthetic(out: str | Path, clips: int = 1200, eval_clips: int = 300, cl
               for i, m in enumerate(chosen)}
     splits: dict[str, tuple[list[dict], list[tuple]]] = {}
     n_valid = max(1, clips // 10) if valid_clips is None else valid_clips
-    with multiprocessing.Pool(workers) if workers > 1 else _no_pool() as pool:
+    # forkserver, not fork: the caller (a test session, a trainer) may already run CUDA or DALI threads
+    with multiprocessing.get_context("forkserver").Pool(workers) if workers > 1 else _no_pool() as pool:
         for split, tag, sets, n in (("unbalanced", "un", train_sets, clips), ("valid", "va", train_sets, n_valid),
                                     ("eval", "ev", eval_sets, eval_clips)):
             # Project real label sets onto the chosen classes; clips left with no label are dropped.
