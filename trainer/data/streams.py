@@ -176,7 +176,11 @@ class _Stream:
             return [self._to_torch(o) for o in out], self._queued.popleft()[1]
 
     def _pipeline(self, plan: Iterator[tuple[Hashable, list[int]]]) -> Any:
-        from nvidia.dali import fn, pipeline_def, types
+        try:
+            from nvidia.dali import fn, pipeline_def, types
+        except ImportError as e:
+            raise ImportError(f"NVIDIA DALI does not load ({e}): install the build for torch's CUDA "
+                              f"{torch.version.cuda}: pip install -e '.[cuda13]' (torch cu13x) or '.[cuda12]'") from e
 
         def source() -> Iterator[list[np.ndarray]]:
             for key, idx in self._read_ahead(plan):
@@ -496,9 +500,9 @@ def cuda_build_hint() -> str:
     major = (torch.version.cuda or "?").split(".")[0]
     build = dali_build()
     want = f"nvidia-dali-cuda{major}0"
-    if not build.startswith(want):
+    if not build.startswith(want):  # the builds share files: the other one goes first
         return (f"torch is built for CUDA {torch.version.cuda} and the DALI build is {build}: install {want} "
-                f"(pip install {want}; the project's default is cuda130, the [cuda12] extra is for torch cu12x)")
+                f"(pip uninstall -y {' '.join(DALI_BUILDS)}; pip install -e '.[cuda{major}]')")
     libs = {"12": "libcufft.so.11 (pip install nvidia-cufft-cu12)", "13": "libcufft.so.12 (pip install nvidia-cufft)"}
     return (f"{build} matches torch's CUDA {torch.version.cuda}; it loads {libs.get(major, 'cuFFT')}; check that "
             "the driver supports that CUDA major (nvidia-smi)")
