@@ -1,6 +1,6 @@
 """Download the wheels a machine without network needs to run the project: exactly those its Python lacks.
 
-    python tools/offline_wheels.py --python 3.12 --platform manylinux_2_28_x86_64 --have installed.txt \
+    python tools/offline_wheels.py --python 3.12 --platform manylinux_2_28_x86_64 --have installed.txt \  (Python ≥ 3.11 here)
         --out wheels/ [--cuda 13|12] [--dev] [--list benchmarks/gpu_wheels.txt]
 
 ``--have``: what the target already has, as ``pip list --format=freeze`` (or ``pip freeze``) prints it there.
