@@ -1,10 +1,10 @@
 """Download the wheels a machine without network needs to run the project: exactly those its Python lacks.
 
-    python tools/offline_wheels.py --python 3.12 --platform manylinux_2_28_x86_64 --have installed.txt \  (Python ≥ 3.11 here)
+    python tools/offline_wheels.py --python 3.12 --platform manylinux_2_28_x86_64 --have installed.txt \
         --out wheels/ [--cuda 13|12] [--dev] [--list benchmarks/gpu_wheels.txt]
 
-``--have``: what the target already has, as ``pip list --format=freeze`` (or ``pip freeze``) prints it there.
-The project's requirements (pyproject.toml, with the DALI build of ``--cuda``) that the target does not satisfy
+Runs where the network is, with Python ≥ 3.11 (tomllib). ``--have``: what the target already has, as
+``pip list --format=freeze`` (or ``pip freeze``) prints it there; names alone will do. The project's requirements (pyproject.toml, with the DALI build of ``--cuda``) that the target does not satisfy
 are resolved for the target's Python and platform (pip's resolver, holding the target's installed versions
 fixed), and the packages of that closure the target lacks are downloaded into ``--out``, one wheel each. On
 the target: ``pip install --no-index --find-links wheels/ ...`` (tools/setup_env.sh and benchmarks/gpu_check.sh
