@@ -86,7 +86,8 @@ class ChunkedTeacherStudent:
         device has not reached yet are kept, not one pair per step of an epoch."""
         while self._events and (wait or self._events[0][1].query()):
             start, end = self._events.popleft()
-            end.synchronize()
+            if wait:
+                end.synchronize()
             self._seconds += start.elapsed_time(end) / 1000
 
     def __call__(
