@@ -40,7 +40,7 @@ class Section:
     output: str = ""
 
 
-def sections(py: str, out: Path, compile_: bool) -> list[Section]:
+def sections(py: str, compile_: bool) -> list[Section]:
     variants = ["bf16", "bf16+compile"] if compile_ else ["bf16"]
     return [
         Section("versions", "driver, GPU, torch/CUDA/cuDNN, the DALI build, DALI's GPU front-end on a second of "
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.out is None:
         ap.error("OUTDIR is required")
     py = a.python
-    secs = sections(py, a.out, a.compile)
+    secs = sections(py, a.compile)
     if a.dry_run:
         total = sum(s.timeout_s for s in secs)
         print(f"plan: {len(secs)} sections with {py}, at most {total} s in all, report to {a.out}/GPU_CHECK.md")
