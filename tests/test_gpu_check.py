@@ -1,7 +1,7 @@
 """The GPU check and the offline install, checked without a GPU or the network: gpu_check.sh's dry run lists
 its sections and the wheels it would install (from the committed list or a wheel folder, split wheels
 included) and changes nothing; tools/offline_wheels.py asks for exactly what the GPU machine lacks, for either
-DALI build."""
+DALI build; the start-up check's library report and hint."""
 from __future__ import annotations
 
 import subprocess
@@ -61,3 +61,18 @@ def test_a_platform_tag_brings_the_older_manylinux_tags():
     tags = platforms("manylinux_2_28_x86_64")
     assert tags[0] == "manylinux_2_28_x86_64" and "manylinux_2_17_x86_64" in tags and "manylinux2014_x86_64" in tags
     assert "manylinux_2_29_x86_64" not in tags and platforms("win_amd64") == ["win_amd64"]
+
+
+def test_the_start_up_check_names_the_libraries_it_loaded_and_the_build_to_install(monkeypatch):
+    """check_gpu_frontend's report and hint, without a GPU: /proc/self/maps gives the files mapped (here the
+    C library), and the hint names the DALI build for torch's CUDA major and the cuFFT that build loads."""
+    import torch
+
+    from trainer.data import streams
+
+    assert any(p.startswith("/") and "libc" in p for p in streams.loaded_cuda_libraries(("libc.so", "libc-")))
+    monkeypatch.setattr(streams, "dali_build", lambda: "nvidia-dali-cuda120 2.4.0")
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    assert "install nvidia-dali-cuda130" in streams.cuda_build_hint() and ".[cuda13]" in streams.cuda_build_hint()
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    assert "libcufft.so.11" in streams.cuda_build_hint() and "nvidia-cufft-cu12" in streams.cuda_build_hint()
