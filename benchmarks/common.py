@@ -23,7 +23,8 @@ from trainer.data.manifest import ShardBytes
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / "benchmarks" / ".cache"
-RESULTS = REPO / "benchmarks" / "results"
+# AUDIOTAG_BENCHMARK_RESULTS: another folder (benchmarks/gpu_check.sh keeps a GPU run's results with its report)
+RESULTS = Path(os.environ.get("AUDIOTAG_BENCHMARK_RESULTS") or REPO / "benchmarks" / "results")
 
 
 def dataset(clips: int) -> Path:

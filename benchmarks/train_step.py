@@ -174,10 +174,12 @@ def main() -> None:
                          "variant": variant, "device": device.type, "batch_size": cfg.data.batch_size,
                          "dali_threads": a.threads, "torch_threads": torch.get_num_threads(), "steps": a.steps,
                          "block": a.block, "stream_clips_per_s": fed, "memory_clips_per_s": memory,
-                         "stall_fraction": 1 - fed / memory, "stream_wait_fraction": r["stream"]["wait_fraction"]})
+                         "stall_fraction": 1 - fed / memory, "stream_wait_fraction": r["stream"]["wait_fraction"],
+                         "peak_gpu_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None})
             print(f"{workload:5} {variant:28} {rows[-1]['model']:22} {cfg.features.frontend:12} batch "
                   f"{cfg.data.batch_size:3d}  stream {fed:8.1f}  memory {memory:8.1f} clips/s  stall "
-                  f"{rows[-1]['stall_fraction']:6.1%}  wait {rows[-1]['stream_wait_fraction']:6.1%}", flush=True)
+                  f"{rows[-1]['stall_fraction']:6.1%}  wait {rows[-1]['stream_wait_fraction']:6.1%}"
+                  + (f"  peak GPU memory {rows[-1]['peak_gpu_gib']:.1f} GiB" if cuda else ""), flush=True)
     write_result("train_step", {"device": device.type, "clips": a.clips, "results": rows})
 
 

@@ -2,16 +2,24 @@
 one or two Accelerate CPU processes over gloo (tools.launch's recipe)."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Mapping
 
 import yaml
 
 from tools.launch import cpu_launch
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def repo_pythonpath(env: Mapping[str, str]) -> str:
+    """``env``'s PYTHONPATH with this repository first (prepended, not replaced: a machine's own packages may be
+    found through it)."""
+    return os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
 
 
 def tiny_config(path: Path, built_shards: dict[str, Path], synthetic_dir: Path, runs: Path, **sections) -> Path:
@@ -36,7 +44,7 @@ def tiny_config(path: Path, built_shards: dict[str, Path], synthetic_dir: Path, 
 def launch(script: str, *args: str, processes: int = 1, check: bool = True) -> subprocess.CompletedProcess:
     """Run ``script`` under ``accelerate launch`` on the CPU with ``processes`` processes."""
     cmd, env = cpu_launch(script, args, processes)
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=repo_pythonpath(env))
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")

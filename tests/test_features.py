@@ -104,3 +104,18 @@ def test_mel64_parity(dataset):
     d = torch.stack(diffs)
     print(f"mel64: mean {d.mean():.2e} dB, max {d.max():.2e} dB")
     assert d.mean() < 1e-4 and d.max() < 5e-3
+
+
+@pytest.mark.parametrize("name", sorted(FRONTENDS))
+def test_mel_blocks_are_found_on_the_host(name):
+    """The mel blocks' bounds are found on the CPU filter bank and only the blocks are copied to the device: built
+    for the meta device (no data, so nothing could be read back from it) they have the CPU blocks' bounds and
+    shapes, and the CPU blocks hold every non-zero weight of the filter bank."""
+    from trainer.data.features import _mel_blocks
+
+    frontend = build_frontend(FeatureConfig(frontend=name))
+    cpu, meta = _mel_blocks(frontend, torch.device("cpu")), _mel_blocks(frontend, torch.device("meta"))
+    assert [(lo, hi, w.shape) for lo, hi, w in meta] == [(lo, hi, w.shape) for lo, hi, w in cpu]
+    assert all(w.device.type == "meta" for _, _, w in meta)
+    m = frontend.mel_matrix()
+    assert sum(float(w.abs().sum()) for _, _, w in cpu) == pytest.approx(float(m.abs().sum()), rel=1e-6)

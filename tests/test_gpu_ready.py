@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from runkit import REPO, count_reads, launch, tiny_config
+from runkit import count_reads, launch, repo_pythonpath, tiny_config
 from trainer.data.settings import DataConfig
 
 
@@ -43,6 +43,6 @@ def test_the_step_reads_nothing_back_outside_log_steps(built_shards, synthetic_d
              "optim": {"epochs": 1, "lr": 1e-3, "warmup_steps": 2},
              "psl": {"teacher": str(runs / "teacher"), "chunk_seconds": 1.0}}
     config = tiny_config(tmp_path / "c.yaml", built_shards, synthetic_dir, runs, **extra)
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=repo_pythonpath(os.environ), OMP_NUM_THREADS="1")
     reads = [count_reads(config, steps, env)["host reads"] for steps in (9, 18)]
     assert reads[1] - reads[0] == 1, reads

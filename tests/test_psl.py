@@ -101,6 +101,51 @@ def test_k_random_chunks_per_clip():
     assert out.clip_index.tolist() == [0, 0, 1, 1, 2, 2]
 
 
+def _pick_per_clip(clip_index: torch.Tensor, scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The selection as it was made before it became arithmetic: one unique() and one nonzero() per clip (each a
+    device sync on a GPU)."""
+    keep = []
+    for clip in torch.unique(clip_index):
+        idx = torch.nonzero(clip_index == clip).flatten()
+        keep.append(idx[torch.argsort(scores[idx])[:k]])
+    return torch.sort(torch.cat(keep)).values
+
+
+@pytest.mark.parametrize("clips, frames, k", [(3, 500, 2), (8, 1001, 3), (1, 300, 5), (5, 1000, 1)])
+def test_chunk_selection_is_the_per_clip_selection_without_a_loop(clips, frames, k):
+    """The chunking's regular layout lets chunks_per_clip be chosen arithmetically on the host and copied to the
+    device once: the same chunks as choosing clip by clip from the same draws."""
+    chunker = ChunkedTeacherStudent(None, Chunking(frames=100, hop=100, frames_per_second=100), chunks_per_clip=k)
+    _, clip_index, _ = chunker.chunking.split(torch.zeros(clips, 4, frames))
+    per_clip = len(clip_index) // clips
+    for seed in range(5):
+        keep = chunker._pick(clips, per_clip, CPU, torch.Generator().manual_seed(seed))
+        scores = torch.rand(len(clip_index), generator=torch.Generator().manual_seed(seed))
+        assert keep.tolist() == _pick_per_clip(clip_index, scores, k).tolist()
+    assert torch.bincount(clip_index[keep]).tolist() == [min(k, per_clip)] * clips
+
+
+@pytest.mark.parametrize("channels_last, compile", [(True, False), (False, True)])
+def test_teacher_gets_the_students_memory_format_and_compile_setting(tmp_path, monkeypatch, channels_last, compile):
+    """run.py passes train.channels_last / train.compile to build_teacher: the teacher, run on the same chunks
+    every step, gets the student's memory format and compiled kernels. (The small models' weights are all 1×1 or
+    single-channel, the same in either format, so the conversion itself is what is observed.)"""
+    formats = []
+    to = torch.nn.Module.to
+
+    def spy(self, *args, **kwargs):
+        formats.append(kwargs.get("memory_format"))
+        return to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "to", spy)
+    teacher = build_teacher(str(_saved_run(tmp_path / "t", MOBILENET)), FeatureConfig(frontend="mel64"), VOCAB, CPU,
+                            channels_last=channels_last, compile=compile)
+    assert isinstance(teacher, torch._dynamo.eval_frame.OptimizedModule) == compile
+    assert (torch.channels_last in formats) == channels_last
+    run_py = (Path(__file__).resolve().parents[1] / "trainer" / "run.py").read_text()
+    assert re.search(r"build_teacher\([^)]*cfg\.train\.channels_last,\s*cfg\.train\.compile\)", run_py)
+
+
 def test_teacher_with_other_features_is_refused(tmp_path):
     teacher = _saved_run(tmp_path / "teacher", MOBILENET, frontend="kaldi_fbank")
     with pytest.raises(ConfigError, match=r"^psl\.teacher: .*features"):

@@ -216,7 +216,8 @@ def _results(jobs: list, workers: int) -> Iterator[tuple]:
     if workers <= 1:
         yield from map(_encode, jobs)
         return
-    ctx = multiprocessing.get_context()
+    # forkserver, not fork: the caller (a test session, a trainer) may already run CUDA or DALI threads
+    ctx = multiprocessing.get_context("forkserver")
     procs: list[tuple[multiprocessing.process.BaseProcess, multiprocessing.connection.Connection]] = []
     try:
         for w in range(workers):

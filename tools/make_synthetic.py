@@ -551,7 +551,8 @@ def make_synthetic(out: str | Path, clips: int = 1200, eval_clips: int = 300, cl
     splits: dict[str, tuple[list[dict], list[tuple]]] = {}
     n_valid = max(1, clips // 10) if valid_clips is None else valid_clips
     info: dict = {}
-    with multiprocessing.Pool(workers) if workers > 1 else _no_pool() as pool:
+    # forkserver, not fork: the caller (a test session, a trainer) may already run CUDA or DALI threads
+    with multiprocessing.get_context("forkserver").Pool(workers) if workers > 1 else _no_pool() as pool:
         if world == "clean":
             train_sets = audioset.label_sets("balanced_train")
             eval_sets = audioset.label_sets("eval")

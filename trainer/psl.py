@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable, ContextManager, Optional, Sequence
 
 import numpy as np
 import torch
 
+from trainer.data.augment import to_device
 from trainer.data.chunks import Chunking
 from trainer.data.strong_labels import Event, chunk_targets, events_for_key
 
@@ -70,14 +72,23 @@ class ChunkedTeacherStudent:
         self.threshold = threshold
         self.oracle = oracle
         self._seconds = 0.0  # CPU: wall time spent in the teacher
-        self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []  # CUDA: read when asked, not per step
+        self._events: deque[tuple[torch.cuda.Event, torch.cuda.Event]] = deque()  # CUDA: pairs not yet read
 
     def teacher_seconds(self) -> float:
-        """Time spent in the teacher since the last call, so the epoch log can show its cost (on a GPU read from
-        CUDA events here, once an epoch, rather than a device sync every step)."""
-        seconds = self._seconds + sum(start.elapsed_time(end) for start, end in self._events) / 1000
-        self._seconds, self._events = 0.0, []
+        """Time spent in the teacher since the last call, so the epoch log can show its cost (on a GPU from CUDA
+        events, waiting here, once an epoch, for the last ones rather than a device sync every step)."""
+        self._collect(wait=True)
+        seconds, self._seconds = self._seconds, 0.0
         return seconds
+
+    def _collect(self, wait: bool = False) -> None:
+        """Add the finished event pairs' times (all of them with ``wait``) and drop the pairs: only the few the
+        device has not reached yet are kept, not one pair per step of an epoch."""
+        while self._events and (wait or self._events[0][1].query()):
+            start, end = self._events.popleft()
+            if wait:
+                end.synchronize()
+            self._seconds += start.elapsed_time(end) / 1000
 
     def __call__(
         self,
@@ -90,7 +101,7 @@ class ChunkedTeacherStudent:
     ) -> ChunkBatch:
         chunks, clip_index, spans = self.chunking.split(features)
         if self.chunks_per_clip is not None:
-            keep = self._pick(clip_index, generator)
+            keep = self._pick(features.shape[0], len(clip_index) // features.shape[0], features.device, generator)
             chunks, clip_index, spans = chunks[keep], clip_index[keep], spans[keep]
         targets = None
         if self.teacher is not None:
@@ -116,15 +127,17 @@ class ChunkedTeacherStudent:
         if cuda:
             end.record()
             self._events.append((start, end))
+            self._collect()
         else:
             self._seconds += time.perf_counter() - started
         return probs
 
-    def _pick(self, clip_index: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
-        scores = torch.rand(len(clip_index), generator=generator, device="cpu").to(clip_index.device)
-        keep = []
-        for clip in torch.unique(clip_index):
-            idx = torch.nonzero(clip_index == clip).flatten()
-            keep.append(idx[torch.argsort(scores[idx])[: self.chunks_per_clip]])
-        return torch.sort(torch.cat(keep)).values
-
+    def _pick(self, clips: int, chunks: int, device: torch.device, generator: Optional[torch.Generator]
+              ) -> torch.Tensor:
+        """Indices of ``chunks_per_clip`` random chunks of each of ``clips`` clips of ``chunks`` chunks each (the
+        chunking's regular layout: clip i's chunks are i·chunks … (i+1)·chunks − 1), ascending. Drawn and chosen on
+        the host from per-chunk scores, then copied without the host waiting for the device."""
+        scores = torch.rand(clips * chunks, generator=generator, device="cpu").view(clips, chunks)
+        pick = torch.argsort(scores, dim=1)[:, : self.chunks_per_clip].sort(dim=1).values
+        keep = pick + torch.arange(clips)[:, None] * chunks
+        return to_device(keep.flatten().numpy(), device)

@@ -164,7 +164,8 @@ def _run(cfg: Config, accelerator: Accelerator, data: Splits) -> dict:
     cfg.features = data.feature_config(cfg.features)  # normalisation stats from dataset.json where unset
     frontend = build_frontend(cfg.features)
     if accelerator.device.type == "cuda":
-        check_gpu_frontend(frontend, accelerator.device)  # DALI's GPU ops load, or one error says what is missing
+        # DALI's GPU ops load, or one error says what is missing
+        log(f"GPU front-end: {check_gpu_frontend(frontend, accelerator.device)}")
         torch.backends.cudnn.benchmark = True  # fixed input shapes
     run_facts = fingerprint(cfg.to_dict(), data)  # recorded with every checkpoint, checked on resume
     if checkpoint is not None:  # before anything is written: a refused resume leaves the run as it was
@@ -206,7 +207,8 @@ def _run(cfg: Config, accelerator: Accelerator, data: Splits) -> dict:
         model = model.to(memory_format=torch.channels_last)
     chunker = None
     if cfg.psl.chunk_seconds is not None:
-        teacher = build_teacher(cfg.psl.teacher, cfg.features, vocab, accelerator.device) if cfg.psl.teacher else None
+        teacher = build_teacher(cfg.psl.teacher, cfg.features, vocab, accelerator.device, cfg.train.channels_last,
+                                cfg.train.compile) if cfg.psl.teacher else None
         oracle = ChunkOracle(load_strong_labels(cfg.psl.oracle, vocab), len(vocab)) if cfg.psl.oracle else None
         chunker = ChunkedTeacherStudent(teacher, Chunking.of(frontend, cfg.psl.chunk_seconds, cfg.psl.chunk_hop),
                                         cfg.psl.chunks_per_clip, cfg.psl.threshold if cfg.psl.targets == "hard" else None,

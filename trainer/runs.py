@@ -50,12 +50,17 @@ def load_run(run_dir: str | Path, weights: str = "best", device: torch.device | 
 
 
 def build_teacher(teacher: str | Path | Sequence[str | Path], features: FeatureConfig, vocab: Vocabulary,
-                  device: torch.device) -> nn.Module:
+                  device: torch.device, channels_last: bool = False, compile: bool = False) -> nn.Module:
     """The frozen teacher of a PSL run (``psl.teacher``): one run directory's best model, built from its own
     config, or for a list of directories the mean of theirs (members may differ in architecture). Every
-    member's features and vocabulary must be the student's (ConfigError naming the member otherwise)."""
+    member's features and vocabulary must be the student's (ConfigError naming the member otherwise).
+    ``channels_last`` / ``compile``: the student's ``train.channels_last`` / ``train.compile``, so the teacher,
+    which runs on the same chunks every step, gets the same memory format and compiled kernels."""
     models = [_teacher_member(key, run_dir, features, vocab) for key, run_dir in teacher_members(teacher)]
-    return (models[0] if len(models) == 1 else MeanEnsemble(models)).to(device)
+    model = (models[0] if len(models) == 1 else MeanEnsemble(models)).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return torch.compile(model) if compile else model
 
 
 def _teacher_member(key: str, run_dir: Path, features: FeatureConfig, vocab: Vocabulary) -> nn.Module:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 
+from trainer.data.augment import to_device
 from trainer.faults import NonFinite
 
 
@@ -39,7 +41,8 @@ class StepLog:
         """A collective: every rank calls it after the same steps."""
         n = len(self.losses)
         local = torch.stack(self.losses) if n else torch.zeros(0, device=accelerator.device)
-        flag = torch.tensor([float(stop)], device=local.device)
+        # a pinned, non-blocking copy: torch.tensor(..., device=cuda) from a list would wait for the device
+        flag = to_device(np.array([float(stop)], dtype=np.float32), local.device)
         total = accelerator.reduce(torch.cat([local, flag]), "sum")
         values = torch.cat([total, local]).tolist()  # the one copy to the host
         mean = [v / accelerator.num_processes for v in values[:n]]

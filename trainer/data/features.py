@@ -359,15 +359,16 @@ _BLOCK_CACHE: dict[tuple[str, torch.device], list[tuple[int, int, torch.Tensor]]
 def _mel_blocks(frontend: FrontEnd, device: torch.device) -> list[tuple[int, int, torch.Tensor]]:
     """The mel matrix as (lo, hi, rows[:, lo:hi]) blocks of consecutive filters: triangles are narrow, so the
     blocks hold a fraction of the dense matrix's entries and the matmul runs several times faster. Only
-    zeros are left out: the sums are the dense ones up to float rounding."""
+    zeros are left out: the sums are the dense ones up to float rounding. The blocks are found on the host
+    (the filter bank is a CPU tensor) and only then copied to ``device``: no read back from a GPU."""
     key = (frontend.name, device)
     if key not in _BLOCK_CACHE:
-        m = frontend.mel_matrix().contiguous().to(device)
+        m = frontend.mel_matrix().cpu()
         blocks = []
         for r in range(0, m.shape[0], _MEL_BLOCK):
             rows = m[r:r + _MEL_BLOCK]
             nz = torch.nonzero(rows.abs().sum(0)).flatten().tolist()
             lo, hi = (nz[0], nz[-1] + 1) if nz else (0, 0)
-            blocks.append((lo, hi, rows[:, lo:hi].contiguous()))
+            blocks.append((lo, hi, rows[:, lo:hi].contiguous().to(device)))
         _BLOCK_CACHE[key] = blocks
     return _BLOCK_CACHE[key]

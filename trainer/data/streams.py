@@ -59,6 +59,9 @@ class _Stream:
         self.world_size = world_size
         self.device = torch.device(device)
         self._gpu = self.device.type == "cuda"
+        if self._gpu and self.device.index is None:  # the creating thread's device, not what the feed thread sees
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self._stream: Any = None  # CUDA: the consumer's stream, on which DALI's outputs and the tail are ordered
         self._read = ShardBytes()
         self._pipe: Any = None  # one DALI pipeline for the stream's life, rebuilt only when the plan changes
         self._queued: deque[tuple[Hashable, list[int]]] = deque()  # batches DALI has taken, not yet returned
@@ -66,7 +69,9 @@ class _Stream:
         # torch ops, one batch per worker, as many workers as the caller's torch threads: batches are
         # finished side by side and ahead of the caller, who trains on one while the next are computed
         # (one batch over torch's intra-op threads scaled poorly: DALI's threads and spinning OpenMP workers
-        # fought over the cores). On the GPU the tail is a few kernels, run inline.
+        # fought over the cores). On the GPU the tail is a few kernels, run inline by the feed thread on the
+        # consumer's stream: its host work (reading, feeding DALI, launching) overlaps the step, its kernels queue
+        # behind the step's.
         self._workers = 0 if self._gpu else torch.get_num_threads()
         self._pool: ThreadPoolExecutor | None = None
         self._background = self._gpu
@@ -95,7 +100,19 @@ class _Stream:
         the one handed out are in the works; on the GPU a background thread feeds DALI and runs the tail,
         up to ``loader.prefetch`` batches ahead, while the caller's step runs."""
         batches = self._batches_in_order(start, stop)
-        return _ahead(batches, self.loader.prefetch) if self._background else batches
+        if not self._background:
+            return batches
+        if self._gpu:
+            self._stream = torch.cuda.current_stream(self.device)
+            batches = self._on_device(batches)
+        return _ahead(batches, self.loader.prefetch)
+
+    def _on_device(self, items: Iterator[Any]) -> Iterator[Any]:
+        """``items`` produced with the stream's device and the consumer's stream current (in the feed thread:
+        a new thread starts on device 0 and the default stream)."""
+        torch.cuda.set_device(self.device)
+        with torch.cuda.stream(self._stream):
+            yield from items
 
     def _batches_in_order(self, start: int, stop: int) -> Iterator[tuple[int, list[int], torch.Tensor, torch.Tensor]]:
         ahead: deque[tuple[int, list[int], Future]] = deque()
@@ -149,7 +166,7 @@ class _Stream:
                 self._queued.clear()
                 self._pipe = self._pipeline(self._plan(i))
             try:
-                out = self._pipe.run()
+                out = self._pipe.run(self._stream)  # on a GPU: ready on, and bound to, the consumer's stream
             except Exception as e:  # DALI reports a failed decode for the whole batch
                 taken = [idx for _, idx in self._queued] or [self._batch(i)]
                 self._pipe = None
@@ -159,15 +176,18 @@ class _Stream:
             return [self._to_torch(o) for o in out], self._queued.popleft()[1]
 
     def _pipeline(self, plan: Iterator[tuple[Hashable, list[int]]]) -> Any:
-        from nvidia.dali import fn, pipeline_def, types
+        try:
+            from nvidia.dali import fn, pipeline_def, types
+        except ImportError as e:
+            raise ImportError(f"NVIDIA DALI does not load ({e}): install the build for torch's CUDA "
+                              f"{torch.version.cuda}: pip install -e '.[cuda13]' (torch cu13x) or '.[cuda12]'") from e
 
         def source() -> Iterator[list[np.ndarray]]:
             for key, idx in self._read_ahead(plan):
                 self._queued.append((key, idx))
                 yield [self._member(i) for i in idx]
 
-        device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) \
-            if self._gpu else None
+        device_id = self.device.index if self._gpu else None
 
         @pipeline_def(batch_size=self.loader.batch_size, num_threads=self.num_threads, device_id=device_id,
                       prefetch_queue_depth=self.loader.prefetch, exec_dynamic=True)
@@ -200,12 +220,18 @@ class _Stream:
         yield from window
 
     def _to_torch(self, tl: Any) -> torch.Tensor:
-        """A DALI output batch as one torch tensor, without a copy (it showed in the CPU profile): with the
-        dynamic executor the output buffer belongs to the returned batch until it is freed."""
-        from nvidia.dali.plugin.pytorch.torch_utils import to_torch_tensor
+        """A DALI output batch as one torch tensor (fixed clip length: one dense tensor). On a CPU without a copy
+        (it showed in the CPU profile): with the dynamic executor the buffer belongs to the returned batch until
+        it is freed. On a GPU copied, on the consumer's stream, into memory torch's allocator owns, so DALI's
+        buffer is read only by that copy and never by kernels still queued when DALI reuses it."""
+        from nvidia.dali.plugin.pytorch.torch_utils import feed_ndarray, to_torch_type, to_torch_tensor
+        from nvidia.dali.tensors import TensorGPU
 
-        with self.device:  # a CUDA tensor is handed over on this device's current stream
-            return to_torch_tensor(tl.as_tensor(), copy=False)  # fixed clip length: one dense tensor
+        t = tl.as_tensor()
+        if not isinstance(t, TensorGPU):  # everything on a CPU; a GPU pipeline's CPU outputs (lengths)
+            return to_torch_tensor(t, copy=False)
+        out = torch.empty(t.shape(), dtype=to_torch_type[t.dtype], device=self.device)
+        return feed_ndarray(t, out, cuda_stream=self._stream)
 
     def _blame(self, batches: list[list[int]], error: Exception) -> dict[int, str]:
         """The samples of the failing batch (and those prefetched with it) that soundfile cannot decode
@@ -427,10 +453,10 @@ def _ahead(items: Iterator[Any], depth: int) -> Iterator[Any]:
         thread.join()
 
 
-def check_gpu_frontend(frontend: FrontEnd, device: torch.device) -> None:
+def check_gpu_frontend(frontend: FrontEnd, device: torch.device) -> str:
     """Run ``frontend``'s GPU graph once on a second of silence, so that DALI's GPU ops (its spectrogram loads
     cuFFT) are known to load before a run starts; a failure is one error saying what is missing, not a
-    batch of samples blamed."""
+    batch of samples blamed. Returns the DALI build and the CUDA libraries this process then has loaded."""
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         path = Path(tmp) / "silence.flac"
         path.write_bytes(encode_flac(np.zeros(SAMPLE_RATE, dtype=np.int16)))
@@ -438,7 +464,45 @@ def check_gpu_frontend(frontend: FrontEnd, device: torch.device) -> None:
         try:
             next(iter(EvalStream([rec], 1, LoaderSettings(1, num_threads=1, prefetch=1), frontend, 0, 1, device)))
         except Exception as e:
-            hint = ("DALI built for CUDA 12 (nvidia-dali-cuda120) loads libcufft.so.11 from the nvidia-cufft-cu12 wheel "
-                    "or a CUDA 12 toolkit: pip install nvidia-cufft-cu12") if "cufft" in str(e).lower() else \
-                "check that the nvidia-dali package's CUDA major suits the driver (nvidia-smi)"
-            raise RuntimeError(f"DALI's GPU front-end ({frontend.name}) cannot run on {device}: {e}\n{hint}") from e
+            raise RuntimeError(f"DALI's GPU front-end ({frontend.name}) cannot run on {device}: {e}\n"
+                               f"{cuda_build_hint()}") from e
+    return f"{dali_build()}, torch CUDA {torch.version.cuda}; loaded {', '.join(loaded_cuda_libraries()) or '?'}"
+
+
+DALI_BUILDS = ("nvidia-dali-cuda130", "nvidia-dali-cuda120")  # pip's names of DALI's builds, by CUDA major
+
+
+def dali_build() -> str:
+    """The installed DALI build's pip name and version (e.g. ``nvidia-dali-cuda130 2.4.0``), or 'no DALI'."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in DALI_BUILDS:
+        try:
+            return f"{name} {version(name)}"
+        except PackageNotFoundError:
+            continue
+    return "no DALI"
+
+
+def loaded_cuda_libraries(names: Sequence[str] = ("libcufft", "libcudart")) -> list[str]:
+    """The files of the shared libraries ``names`` this process has mapped (``/proc/self/maps``; Linux): which
+    cuFFT DALI's spectrogram and which CUDA runtime are in use, wherever the loader found them."""
+    try:
+        maps = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return []
+    paths = {fields[5] for fields in (line.split(maxsplit=5) for line in maps) if len(fields) == 6}
+    return sorted(p for p in paths if Path(p).name.startswith(tuple(names)))
+
+
+def cuda_build_hint() -> str:
+    """What to install when DALI's GPU ops fail: the DALI build for torch's CUDA major."""
+    major = (torch.version.cuda or "?").split(".")[0]
+    build = dali_build()
+    want = f"nvidia-dali-cuda{major}0"
+    if not build.startswith(want):  # the builds share files: the other one goes first
+        return (f"torch is built for CUDA {torch.version.cuda} and the DALI build is {build}: install {want} "
+                f"(pip uninstall -y {' '.join(DALI_BUILDS)}; pip install -e '.[cuda{major}]')")
+    libs = {"12": "libcufft.so.11 (pip install nvidia-cufft-cu12)", "13": "libcufft.so.12 (pip install nvidia-cufft)"}
+    return (f"{build} matches torch's CUDA {torch.version.cuda}; it loads {libs.get(major, 'cuFFT')}; check that "
+            "the driver supports that CUDA major (nvidia-smi)")
