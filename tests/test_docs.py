@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.runkit import REPO, tiny_config
+from runkit import REPO, repo_pythonpath, tiny_config
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 SHELL = ("bash", "sh", "console")
@@ -119,7 +119,7 @@ def all_commands() -> list[Command]:
 def run_jobs(jobs: list[dict], tmp_path: Path) -> list[dict]:
     out = tmp_path / "results.json"
     proc = subprocess.run([sys.executable, "tests/scripts/doc_commands.py", str(out)], input=json.dumps(jobs),
-                          cwd=REPO, env={**_env(), "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                          cwd=REPO, env=_env(), capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(out.read_text())
@@ -128,6 +128,7 @@ def run_jobs(jobs: list[dict], tmp_path: Path) -> list[dict]:
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     env.setdefault("OMP_NUM_THREADS", "1")
+    env["PYTHONPATH"] = repo_pythonpath(os.environ)
     return env
 
 
