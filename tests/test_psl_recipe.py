@@ -3,6 +3,7 @@ in chunks, plain Adam at a constant rate, the recipes' fields as their comments 
 the demo's students, and clip scores both ways (whole-clip forward, max / mean over chunks)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,32 @@ def test_optimizer_steps_from_the_step_log(tmp_path):
             results.append_row(log, {"epoch": epoch, "step": step, "global_step": 0, "lr": 1e-3, "loss": 0.5})
     assert results.optimizer_steps(log, 1) == 12
     assert results.optimizer_steps(log, 2) == 3 + 3 + 1
+
+
+def test_demo_table_states_both_clip_scores_and_each_rows_budget(built_shards, synthetic_dir, tmp_path, monkeypatch):
+    """The demo's table from two finished rows: whole-clip, max and mean clip mAP, optimizer steps, epochs, and
+    the passes over the row's own chunks (1 s chunks of 4 s clips, one per draw: a quarter of a clip pass)."""
+    from runkit import tiny_config
+    from tools import demo
+    from trainer.data.datasets import resolve_splits
+
+    monkeypatch.chdir(tmp_path)
+    rows = {"demo_weak_10s": {}, "demo_psl_2s": {"chunk_seconds": 1.0, "chunks_per_clip": 1}}
+    for i, (name, psl) in enumerate(rows.items()):
+        run = tmp_path / "runs" / f"{name}_seed0"
+        run.mkdir(parents=True)
+        config = tiny_config(tmp_path / f"{name}.yaml", built_shards, synthetic_dir, tmp_path / "runs", psl=psl,
+                             data={"batch_size": None, "global_batch_size": 8})
+        load_config(config).save(run / "config.yaml")
+        metric = {"mAP": 0.5 + i / 10, "dprime": 1.0}
+        (run / "summary.json").write_text(json.dumps({
+            "best_single": metric, "chunk_level": {"best_single": {"mAP": 0.3}}, "epochs_trained": 3,
+            "optimizer_steps": 30, "best_single_chunk_pooled": {"chunk_seconds": psl.get("chunk_seconds", 4.0),
+                                                                "max": {"mAP": 0.7}, "mean": {"mAP": 0.4}}}))
+    clips = len(resolve_splits(load_config(tmp_path / "demo_psl_2s.yaml").data).train)
+    text, stats = demo.table(list(rows), [0])
+    lines = text.splitlines()
+    assert "max over chunks" in lines[0] and "optimizer steps" in lines[0] and "passes over its chunks" in lines[0]
+    assert lines[2] == f"| weak-10s | 0.500 | 0.700 (4 s) | 0.400 (4 s) | 1.000 | 0.300 | 30 | 3 | {30 * 8 / clips:.1f} |"
+    assert lines[3] == f"| PSL-2s | 0.600 | 0.700 (1 s) | 0.400 (1 s) | 1.000 | 0.300 | 30 | 3 | {30 * 8 / (4 * clips):.1f} |"
+    assert stats["demo_psl_2s"]["max"] == (0.7, 0.0)
