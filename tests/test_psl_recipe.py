@@ -93,11 +93,30 @@ def test_recipes_are_what_their_comments_credit_to_psl(name):
         (1e-3, (0.9, 0.999), 0.0, 0, None, None)  # plain Adam, no schedule, warm-up or clipping
     a = cfg.augment
     assert (a.freqm, a.timem, a.mixup, a.batch_mixup_alpha, a.time_shift, a.gain_db) == (0, 0, 0.0, 0.0, 0.0, 0.0)
-    assert cfg.model.name == "mobilenetv2" and cfg.model.dropout == 0.3 and cfg.model.pretrained is None
+    assert cfg.model.name == "mobilenetv2" and cfg.model.pretrained is None
+    assert (cfg.model.dropout, cfg.model.conv_init) == (0.3, "xavier_uniform")
     assert cfg.data.global_batch_size == 32 and not cfg.data.weighted and cfg.psl.chunks_per_clip == 1
     assert cfg.data.valid == cfg.data.train  # selection on the training clips
     if name.startswith("psl_") or name.startswith("teacher_student"):
         assert (o.epochs, cfg.train.early_stop_patience, cfg.data.num_samples) == (300, 15, None)
+
+
+def test_psl_init_is_xavier_uniform_for_every_convolution():
+    from trainer.models import build_model
+    from trainer.models.settings import ModelConfig
+
+    torch.manual_seed(0)
+    psl = build_model(ModelConfig(width_mult=0.35, conv_init="xavier_uniform"), 5)
+    ours = build_model(ModelConfig(width_mult=0.35), 5)
+    convs = [m.weight for m in psl.features.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == len([m for m in ours.features.modules() if isinstance(m, torch.nn.Conv2d)]) > 30
+    for w in convs:
+        fan_in, fan_out = torch.nn.init._calculate_fan_in_and_fan_out(w)
+        bound = (6 / (fan_in + fan_out)) ** 0.5
+        assert w.abs().max() <= bound and w.abs().max() > 0.5 * bound
+    assert torch.equal(psl.classifier[1].bias, torch.zeros(5)) and psl.classifier[0].p == 0.2
+    stem = next(m for m in ours.features.modules() if isinstance(m, torch.nn.Conv2d)).weight
+    assert stem.abs().max() > (6 / sum(torch.nn.init._calculate_fan_in_and_fan_out(stem))) ** 0.5  # kaiming's: wider
 
 
 def test_demo_students_get_equal_budgets():
