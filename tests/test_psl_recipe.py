@@ -199,3 +199,25 @@ def test_demo_table_states_both_clip_scores_and_each_rows_budget(built_shards, s
     assert lines[2] == f"| weak-10s | 0.500 | 0.700 (4 s) | 0.400 (4 s) | 1.000 | 0.300 | 30 | 3 | {30 * 8 / clips:.1f} |"
     assert lines[3] == f"| PSL-2s | 0.600 | 0.700 (1 s) | 0.400 (1 s) | 1.000 | 0.300 | 30 | 3 | {30 * 8 / (4 * clips):.1f} |"
     assert stats["demo_psl_2s"]["max"] == (0.7, 0.0)
+
+
+def test_a_run_with_one_chunk_per_clip_counts_its_epoch_in_chunks(built_shards, synthetic_dir, tmp_path):
+    """PSL's recipe end to end on one process: one 1 s chunk from each clip of a batch, an epoch of every
+    training clip once per chunk it has (4 s clips: 4 chunks), selection on the training clips themselves."""
+    from runkit import launch, tiny_config
+    from trainer.data.datasets import resolve_splits
+
+    train = [str(built_shards["train"])]
+    config = tiny_config(tmp_path / "psl.yaml", built_shards, synthetic_dir, tmp_path / "runs",
+                         data={"valid": train, "eval": [], "batch_size": 16}, augment={"freqm": 0, "timem": 0, "mixup": 0.0},
+                         evaluation={"strong_labels": None}, optim={"epochs": 1, "warmup_steps": 0,
+                                                                    "lrscheduler_start": None},
+                         psl={"chunk_seconds": 1.0, "chunks_per_clip": 1},
+                         train={"steps_per_epoch": None, "wa_start": 1, "trackers": []})
+    launch("trainer/run.py", str(config))
+    run = tmp_path / "runs" / "tiny"
+    clips = len(resolve_splits(load_config(config).data).train)
+    assert clips == 40  # data.valid given: nothing held out
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["optimizer_steps"] == -(-clips * 4 // 16) == len(results.read_rows(run / "steps.csv"))
+    assert summary["best_single_chunk_pooled"]["chunk_seconds"] == 1.0
