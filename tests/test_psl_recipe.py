@@ -13,7 +13,7 @@ from accelerate import Accelerator
 from trainer import results
 from trainer.config import load_config
 from trainer.data.chunks import Chunking, chunk_count, split_chunks
-from trainer.evaluate import clip_scores, pool_chunks, predict_clips
+from trainer.evaluate import clip_scores, pool_chunks, predict_clips, training_chunking
 from trainer.optim import build_optimizer, build_scheduler
 from trainer.psl import ChunkedTeacherStudent, draws_per_epoch
 from trainer.settings import OptimConfig
@@ -141,6 +141,18 @@ def test_max_and_mean_over_chunks_beside_the_whole_clip():
     assert whole[0, 1] == pytest.approx(0.1, abs=0.01)  # a tenth of the clip: diluted 5×
     with pytest.raises(ValueError, match="needs a chunking"):
         clip_scores(model, x, "max")
+
+
+def test_clip_scores_pool_over_the_training_chunk_length():
+    from trainer.data.features import build_frontend
+    from trainer.data.settings import FeatureConfig
+    from trainer.settings import PSLConfig
+
+    frontend = build_frontend(FeatureConfig(frontend="mel64"))  # 10 s clips: 1001 frames
+    assert training_chunking(frontend, PSLConfig(chunk_seconds=2), 10.0) == Chunking(200, 200, 100)
+    assert training_chunking(frontend, PSLConfig(chunk_seconds=2, chunk_hop=1), 10.0) == Chunking(200, 100, 100)
+    whole = training_chunking(frontend, PSLConfig(), 10.0)  # trained on clips: one chunk, the clip
+    assert whole == Chunking(1000, 1000, 100) and whole.count(frontend.num_frames) == 1
 
 
 def test_pool_chunks_follows_clip_index_in_any_order():

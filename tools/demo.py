@@ -23,9 +23,9 @@ from pathlib import Path
 
 from tools.launch import cpu_launch
 from trainer.config import load_config
-from trainer.data.chunks import Chunking
 from trainer.data.datasets import resolve_splits
 from trainer.data.features import build_frontend
+from trainer.evaluate import training_chunking
 
 DATA = Path("data/demo")
 SPLITS = ("unbalanced", "balanced", "valid", "eval")
@@ -66,11 +66,9 @@ def passes(run: Path, steps: int, processes: int) -> float:
     """Passes over the run's own training chunks that ``steps`` optimizer steps make (draws / chunks)."""
     cfg = load_config(run / "config.yaml", check_paths=False)
     clips = len(resolve_splits(cfg.data).train)
-    per_clip = per_draw = 1
-    if cfg.psl.chunk_seconds is not None:
-        frontend = build_frontend(cfg.features)
-        per_clip = Chunking.of(frontend, cfg.psl.chunk_seconds, cfg.psl.chunk_hop).count(frontend.num_frames)
-        per_draw = min(cfg.psl.chunks_per_clip or per_clip, per_clip)
+    frontend = build_frontend(cfg.features)
+    per_clip = training_chunking(frontend, cfg.psl, cfg.features.clip_seconds).count(frontend.num_frames)
+    per_draw = min(cfg.psl.chunks_per_clip or per_clip, per_clip)
     batch = cfg.data.global_batch_size or cfg.data.batch_size * processes * cfg.optim.grad_accum
     return steps * batch * per_draw / (clips * per_clip)
 

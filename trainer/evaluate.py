@@ -18,8 +18,10 @@ from accelerate.utils import gather_object
 
 from trainer.data.atomic import atomic_write
 from trainer.data.chunks import Chunking
+from trainer.data.features import FrontEnd
 from trainer.data.strong_labels import Event, chunk_targets, events_for_key
 from trainer.metrics import keys_digest, tagging_metrics
+from trainer.settings import PSLConfig
 
 
 @dataclass
@@ -55,6 +57,12 @@ def _merge(rows: Iterable[tuple[str, np.ndarray, np.ndarray]]) -> Predictions:
 
 Pooling = Literal["whole", "max", "mean"]
 POOLINGS: tuple[Pooling, ...] = ("whole", "max", "mean")
+
+
+def training_chunking(frontend: FrontEnd, psl: PSLConfig, clip_seconds: float) -> Chunking:
+    """The chunks a run's model was trained on, for scoring it over them: ``psl.chunk_seconds`` every
+    ``psl.chunk_hop``, or the whole clip (``features.clip_seconds``) for a model trained on clips."""
+    return Chunking.of(frontend, psl.chunk_seconds or clip_seconds, psl.chunk_hop)
 
 
 def pool_chunks(chunk_probs: torch.Tensor, clip_index: torch.Tensor, num_clips: int,

@@ -41,7 +41,7 @@ from trainer.data.streams import EvalStream, TrainStream, check_gpu_frontend
 from trainer.data.strong_labels import load_strong_labels
 from trainer.ensemble import mean_predictions
 from trainer.eval_schedule import EvalSchedule, best_epoch
-from trainer.evaluate import Predictions, predict_chunks, predict_clips
+from trainer.evaluate import Predictions, predict_chunks, predict_clips, training_chunking
 from trainer.losses import training_loss
 from trainer.models import build_model, load_weights
 from trainer.models.imagenet import PretrainedUnavailable
@@ -341,7 +341,7 @@ def finish(cfg: Config, accelerator: Accelerator, model: torch.nn.Module, splits
     # The best single model scored both ways: the whole-clip forward above (PSL's evaluation) and the max / mean
     # over chunks of its training length (PSL's inference tool).
     load_weights(model, run_dir / "models" / f"epoch_{best_at}.pt")
-    pool = Chunking.of(frontend, cfg.psl.chunk_seconds or cfg.features.clip_seconds, cfg.psl.chunk_hop)
+    pool = training_chunking(frontend, cfg.psl, cfg.features.clip_seconds)
     pooled = {p: predict_clips(model, splits[result_split], accelerator, p, pool) for p in ("max", "mean")}
     metrics.update({f"best_chunk_{p}": preds.metrics(names) for p, preds in pooled.items()})
     summary["best_single_chunk_pooled"] = {"chunk_seconds": pool.seconds, **{
