@@ -353,6 +353,16 @@ def test_oracle_student_with_early_stopping(built_shards, synthetic_dir, tmp_pat
     assert len(history) == summary["epochs_trained"] == stop
     assert summary["stopped_early"] == (stop < 5)
     assert summary["weight_averaged"]["epochs"] == [1, stop]
+    assert summary["optimizer_steps"] == 2 * stop
+    # The best single model scored both ways: whole clip (best_single), max and mean over its 1 s training chunks.
+    pooled = summary["best_single_chunk_pooled"]
+    assert pooled["chunk_seconds"] == 1.0
+    preds = {p: Predictions.load(run / "predictions" / f"{summary['result_split']}_best_chunk_{p}.npz")
+             for p in ("max", "mean")}
+    assert (preds["max"].probs >= preds["mean"].probs - 1e-6).all()
+    for p in ("max", "mean"):
+        with open(run / f"best_single_chunk_{p}_result.csv") as f:
+            assert float(next(csv.DictReader(f))["mAP"]) == pytest.approx(pooled[p]["mAP"])
 
 
 def test_bce_clamps_probabilities_outside_0_1_and_keeps_nan():

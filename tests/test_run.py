@@ -54,6 +54,15 @@ def test_reported_metrics_equal_plain_sklearn(two_process_run: Path):
     epochs = [Predictions.load(two_process_run / "predictions" / f"eval_epoch_{e}.npz") for e in (1, 2)]
     ensemble = Predictions.load(two_process_run / "predictions" / "eval_ensemble.npz")
     np.testing.assert_allclose(ensemble.probs, (epochs[0].probs + epochs[1].probs) / 2, rtol=1e-6)
+    # Scored over chunks of its training length: a whole-clip student's is the clip (4 s), one chunk, so max = mean.
+    pooled = {p: Predictions.load(two_process_run / "predictions" / f"eval_best_chunk_{p}.npz") for p in ("max", "mean")}
+    assert summary["best_single_chunk_pooled"]["chunk_seconds"] == 4.0
+    assert pooled["max"].keys == pooled["mean"].keys and len(set(pooled["max"].keys)) == 16
+    np.testing.assert_allclose(pooled["max"].probs, pooled["mean"].probs, rtol=1e-6)
+    p = pooled["max"]
+    has_pos = p.targets.sum(0) > 0
+    ap = np.mean([average_precision_score(p.targets[:, c], p.probs[:, c]) for c in np.flatnonzero(has_pos)])
+    assert summary["best_single_chunk_pooled"]["max"]["mAP"] == pytest.approx(ap, abs=1e-9)
 
 
 def test_evaluation_equal_on_one_and_two_processes(built_shards, synthetic_dir, tmp_path):

@@ -1,13 +1,15 @@
 """Predictions over an evaluation stream, gathered from all ranks by key, and their metrics.
 
 Every rank predicts its share; predictions are gathered as (key → row) and deduplicated, so results on
-one and on several processes are identical.
+one and on several processes are identical. A clip's score is one forward pass over the whole clip (PSL's
+``evaluate()``) or the max or mean of the model's scores on its chunks (PSL's inference tool takes the max over
+chunks of the training length): :func:`clip_scores`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Literal, Optional
 
 import numpy as np
 import torch
@@ -16,8 +18,10 @@ from accelerate.utils import gather_object
 
 from trainer.data.atomic import atomic_write
 from trainer.data.chunks import Chunking
+from trainer.data.features import FrontEnd
 from trainer.data.strong_labels import Event, chunk_targets, events_for_key
 from trainer.metrics import keys_digest, tagging_metrics
+from trainer.settings import PSLConfig
 
 
 @dataclass
@@ -52,16 +56,53 @@ def _merge(rows: Iterable[tuple[str, np.ndarray, np.ndarray]]) -> Predictions:
     return Predictions(keys, np.stack([by_key[k][0] for k in keys]), np.stack([by_key[k][1] for k in keys]))
 
 
+Pooling = Literal["whole", "max", "mean"]
+POOLINGS: tuple[Pooling, ...] = ("whole", "max", "mean")
+
+
+def training_chunking(frontend: FrontEnd, psl: PSLConfig, clip_seconds: float) -> Chunking:
+    """The chunks a run's model was trained on, for scoring it over them: ``psl.chunk_seconds`` every
+    ``psl.chunk_hop``, or the whole clip (``features.clip_seconds``) for a model trained on clips."""
+    return Chunking.of(frontend, psl.chunk_seconds or clip_seconds, psl.chunk_hop)
+
+
+def pool_chunks(chunk_probs: torch.Tensor, clip_index: torch.Tensor, num_clips: int,
+                pooling: Literal["max", "mean"]) -> torch.Tensor:
+    """N_chunks × C chunk probabilities → num_clips × C: each clip's max or mean over its chunks."""
+    if pooling not in ("max", "mean"):
+        raise ValueError(f"pooling over chunks is 'max' or 'mean', got {pooling!r}")
+    probs = chunk_probs.float()
+    out = torch.zeros(num_clips, probs.shape[1], dtype=probs.dtype, device=probs.device)
+    index = clip_index.to(probs.device)[:, None].expand_as(probs)
+    return out.scatter_reduce(0, index, probs, reduce="amax" if pooling == "max" else "mean", include_self=False)
+
+
+def clip_scores(model: torch.nn.Module, features: torch.Tensor, pooling: Pooling = "whole",
+                chunking: Optional[Chunking] = None) -> torch.Tensor:
+    """B × C clip probabilities for B × M × T ``features``: ``whole``, the model's clip output on the whole clip;
+    ``max`` / ``mean``, pooled over its outputs on the chunks ``chunking`` cuts (give the chunk length the model
+    was trained on)."""
+    if pooling == "whole":
+        probs, _ = model(features)
+        return probs.float()
+    if chunking is None:
+        raise ValueError(f"pooling {pooling!r} over chunks needs a chunking")
+    chunks, clip_index, _ = chunking.split(features)
+    probs, _ = model(chunks)
+    return pool_chunks(probs, clip_index, features.shape[0], pooling)
+
+
 @torch.no_grad()
-def predict_clips(model: torch.nn.Module, stream: Iterable[dict], accelerator: Accelerator) -> Predictions:
-    """Clip-level probabilities for every sample of ``stream``, identical on all ranks."""
+def predict_clips(model: torch.nn.Module, stream: Iterable[dict], accelerator: Accelerator,
+                  pooling: Pooling = "whole", chunking: Optional[Chunking] = None) -> Predictions:
+    """Clip-level probabilities (:func:`clip_scores`) for every sample of ``stream``, identical on all ranks."""
     model.eval()
     rows = []
     for batch in stream:
         if not batch["keys"]:  # a rank's empty last batch (ranks get equal batch counts)
             continue
         with accelerator.autocast():
-            probs, _ = model(batch["features"])
+            probs = clip_scores(model, batch["features"], pooling, chunking)
         probs = probs.float().cpu().numpy()
         labels = batch["labels"].float().cpu().numpy()
         rows.extend(zip(batch["keys"], probs, labels))

@@ -66,7 +66,8 @@ class RunLock:
         self.path = run_dir / LOCK
         self._held = ExitStack()
         try:
-            self._held.enter_context(hold_lock(self.path, f"{run_dir}"))
+            # the holder is written once the claim succeeds: a refused launch changes nothing
+            self.record_holder = self._held.enter_context(hold_lock(self.path, f"{run_dir}", record=False))
         except LockHeld as e:
             raise RunLocked(f"{e}; another launch runs it now") from None
 
@@ -103,6 +104,7 @@ def claim_run_dir(runs: str | Path, name: str, resume: bool | str, overwrite: bo
             with atomic_write(run_dir / MARKER, fsync=True) as f:
                 json.dump({"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                            "host": socket.gethostname(), "pid": os.getpid()}, f)
+        lock.record_holder()
     except BaseException:
         lock.release()
         raise

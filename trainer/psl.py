@@ -10,6 +10,7 @@ the upper bound of what pseudo labels can give.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -141,3 +142,14 @@ class ChunkedTeacherStudent:
         pick = torch.argsort(scores, dim=1)[:, : self.chunks_per_clip].sort(dim=1).values
         keep = pick + torch.arange(clips)[:, None] * chunks
         return to_device(keep.flatten().numpy(), device)
+
+
+def draws_per_epoch(num_clips: int, chunking: Chunking, clip_frames: int, chunks_per_clip: Optional[int]
+                    ) -> Optional[int]:
+    """Clips drawn per epoch so that an epoch counts chunks, as PSL's does (its epoch is one pass over every
+    chunk of every clip): a draw trains on k of a clip's n chunks, so an epoch is n / k passes over the clips.
+    None (one pass over the clips) when every draw trains on all of its clip's chunks."""
+    if chunks_per_clip is None:
+        return None
+    n = chunking.count(clip_frames)
+    return math.ceil(num_clips * n / min(chunks_per_clip, n))

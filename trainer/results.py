@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,15 @@ def evaluated(rows: list[dict[str, str]], column: str) -> dict[int, float]:
     """Epoch → ``column`` of the metrics.csv rows that have it: the evaluated epochs (the others' cells are
     empty)."""
     return {int(r["epoch"]): float(r[column]) for r in rows if r.get(column)}
+
+
+def optimizer_steps(steps_csv: Path, accumulation: int) -> int:
+    """Optimizer steps of a run from its steps.csv (one row per micro-step): each epoch's steps over the
+    gradient accumulation, rounded up as the schedule counts them."""
+    last: dict[str, int] = {}
+    for r in read_rows(steps_csv):
+        last[r["epoch"]] = max(last.get(r["epoch"], 0), int(r["step"]))
+    return sum(math.ceil(n / accumulation) for n in last.values())
 
 
 def truncate_rows(path: Path, keep: int) -> None:

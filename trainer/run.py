@@ -42,14 +42,14 @@ from trainer.data.streams import EvalStream, TrainStream, check_gpu_frontend
 from trainer.data.strong_labels import load_strong_labels
 from trainer.ensemble import mean_predictions
 from trainer.eval_schedule import EvalSchedule, best_epoch
-from trainer.evaluate import Predictions, predict_chunks, predict_clips
+from trainer.evaluate import Predictions, predict_chunks, predict_clips, training_chunking
 from trainer.losses import training_loss
 from trainer.models import build_model, load_weights
 from trainer.models.imagenet import PretrainedUnavailable
 from trainer.optim import build_optimizer, build_scheduler
 from trainer.faults import NonFinite, Preempted, Preemption, RunExists, claim_run
 from trainer.fingerprint import ResumeMismatch, check_resume, fingerprint, flat
-from trainer.psl import ChunkedTeacherStudent, ChunkOracle
+from trainer.psl import ChunkedTeacherStudent, ChunkOracle, draws_per_epoch
 from trainer.runs import build_teacher
 from trainer.settings import teacher_members
 from trainer.steplog import Flush, StepLog
@@ -181,8 +181,12 @@ def _run(cfg: Config, accelerator: Accelerator, data: Splits) -> dict:
     where = dict(rank=rank, world_size=world, device=accelerator.device)
     corrupt = CorruptLog(run_dir / CORRUPT_SAMPLES, len(data.train), cfg.data.max_corrupt_fraction) \
         if cfg.data.on_corrupt == "skip" else None
+    num_samples = cfg.data.num_samples
+    if num_samples is None and cfg.psl.chunk_seconds is not None:  # PSL's epoch: every chunk once
+        num_samples = draws_per_epoch(len(data.train), Chunking.of(frontend, cfg.psl.chunk_seconds, cfg.psl.chunk_hop),
+                                      frontend.num_frames, cfg.psl.chunks_per_clip)
     train = TrainStream(data.train, len(vocab), cfg.data.loader(batch_size), frontend, cfg.augment, cfg.run.seed, **where,
-                        weighted=cfg.data.weighted, num_samples=cfg.data.num_samples, corrupt=corrupt)
+                        weighted=cfg.data.weighted, num_samples=num_samples, corrupt=corrupt)
     eval_loader = cfg.data.loader(cfg.evaluation.batch_size)
     splits = {"valid": EvalStream(data.valid, len(vocab), eval_loader, frontend, **where)}
     if data.eval:
@@ -401,11 +405,20 @@ def finish(cfg: Config, accelerator: Accelerator, model: torch.nn.Module, splits
         if missing:
             summary[f"{split}_missing"] = missing
 
+    # The best single model scored both ways: the whole-clip forward above (PSL's evaluation) and the max / mean
+    # over chunks of its training length (PSL's inference tool).
+    load_weights(model, run_dir / "models" / f"epoch_{best_at}.pt")
+    pool = training_chunking(frontend, cfg.psl, cfg.features.clip_seconds)
+    pooled = {p: predict_clips(model, splits[result_split], accelerator, p, pool) for p in ("max", "mean")}
+    metrics.update({f"best_chunk_{p}": preds.metrics(names) for p, preds in pooled.items()})
+    summary["best_single_chunk_pooled"] = {"chunk_seconds": pool.seconds, **{
+        p: results.scalar_metrics(metrics[f"best_chunk_{p}"]) for p in pooled}}
+    summary["optimizer_steps"] = results.optimizer_steps(run_dir / "steps.csv", accelerator.gradient_accumulation_steps)
+
     if strong is not None:
         chunking = Chunking.of(frontend, cfg.evaluation.chunk_seconds)
         summary["chunk_seconds"] = chunking.seconds
         stream = splits[result_split]
-        load_weights(model, run_dir / "models" / f"epoch_{best_at}.pt")
         for name, m in (("best_single", model),) + ((("teacher", chunker.teacher),) if chunker and chunker.teacher else ()):
             preds = predict_chunks(m, stream, accelerator, strong, chunking)
             if preds is not None:
@@ -421,6 +434,9 @@ def finish(cfg: Config, accelerator: Accelerator, model: torch.nn.Module, splits
         results.write_result(run_dir / "best_single_result.csv", metrics["best_single"], eval_ids)
         results.write_result(run_dir / "wa_result.csv", metrics["weight_averaged"], eval_ids)
         results.write_result(run_dir / "ensemble_result.csv", metrics["checkpoint_ensemble"], eval_ids)
+        for p, preds in pooled.items():
+            preds.save(_prediction_path(run_dir, result_split, f"best_chunk_{p}"))
+            results.write_result(run_dir / f"best_single_chunk_{p}_result.csv", metrics[f"best_chunk_{p}"], eval_ids)
         results.write_per_class(run_dir / "best_single_per_class_ap.csv", metrics["best_single"])
         results.write_summary(run_dir / "summary.json", summary)
         accelerator.print(json.dumps(summary, indent=2))

@@ -35,9 +35,19 @@ class Chunking:
         """:func:`split_chunks` with this chunking."""
         return split_chunks(features, self.frames, self.hop)
 
+    def count(self, clip_frames: int) -> int:
+        """How many chunks :meth:`split` cuts from a clip of ``clip_frames`` frames."""
+        return chunk_count(clip_frames, self.frames, self.hop)
+
     def to_seconds(self, spans: torch.Tensor) -> torch.Tensor:
         """Frame spans → seconds (float64, on the CPU)."""
         return spans.cpu().double() / self.frames_per_second
+
+
+def chunk_count(clip_frames: int, chunk_frames: int, hop_frames: int) -> int:
+    """Chunks of a clip of ``clip_frames`` frames under :func:`split_chunks`'s remainder rule."""
+    return len([s for s in range(0, clip_frames, hop_frames)
+                if 2 * min(chunk_frames, clip_frames - s) >= chunk_frames]) or 1
 
 
 def split_chunks(features: torch.Tensor, chunk_frames: int, hop_frames: int
@@ -54,7 +64,7 @@ def split_chunks(features: torch.Tensor, chunk_frames: int, hop_frames: int
     if chunk_frames <= 0 or hop_frames <= 0:
         raise ValueError(f"chunk_frames and hop_frames must be positive, got {chunk_frames}, {hop_frames}")
     b, m, t = features.shape
-    n = len([s for s in range(0, t, hop_frames) if 2 * min(chunk_frames, t - s) >= chunk_frames]) or 1
+    n = chunk_count(t, chunk_frames, hop_frames)
     padded_len = (n - 1) * hop_frames + chunk_frames
     padded = torch.nn.functional.pad(features, (0, max(0, padded_len - t)))[..., :padded_len]
     chunks = padded.unfold(2, chunk_frames, hop_frames)  # B × M × n × chunk

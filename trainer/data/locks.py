@@ -13,7 +13,7 @@ import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 _held: set[int] = set()  # lock fds of this process: a forked child closes its copies, so that a child that
 # outlives its parent (a stuck worker) does not keep the lock held in a dead process's name
@@ -25,9 +25,11 @@ class LockHeld(RuntimeError):
 
 
 @contextmanager
-def hold_lock(path: str | Path, what: str) -> Iterator[None]:
+def hold_lock(path: str | Path, what: str, record: bool = True) -> Iterator[Callable[[], None]]:
     """Hold an exclusive lock on ``path`` (created if missing) for the block, or raise :class:`LockHeld` at once
-    naming the holder and ``what`` is locked (e.g. ``"the build of shards/NAME"``)."""
+    naming the holder and ``what`` is locked (e.g. ``"the build of shards/NAME"``). Yields the function that
+    writes this process into the file as the holder; ``record`` false leaves that to the caller, for a claim
+    that may still be refused and must then have changed nothing."""
     path = Path(path)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -43,10 +45,15 @@ def hold_lock(path: str | Path, what: str) -> Iterator[None]:
             raise LockHeld(f"{what} is in use by another process ({holder}): wait for it to end, or stop it "
                            f"(lock file {path})") from None
         _held.add(fd)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode() + b"\n", 0)
-        yield
+
+        def write_holder() -> None:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                      "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode() + b"\n", 0)
+
+        if record:
+            write_holder()
+        yield write_holder
     finally:
         _held.discard(fd)
         os.close(fd)  # releases the lock

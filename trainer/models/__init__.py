@@ -21,7 +21,7 @@ def build_model(cfg: ModelConfig, num_classes: int, load_pretrained: bool = True
     """
     imagenet = dict(pretrained=load_pretrained and cfg.pretrained == "imagenet", pretrained_file=cfg.pretrained_file)
     if cfg.name == "mobilenetv2":
-        return MobileNetV2Tagger(num_classes, cfg.width_mult, cfg.dropout, **imagenet)
+        return MobileNetV2Tagger(num_classes, cfg.width_mult, cfg.dropout, conv_init=cfg.conv_init, **imagenet)
     if cfg.name in ("efficientnet_b0", "efficientnet_b2"):
         return EfficientNetTagger(cfg.name, num_classes, cfg.att_heads, **imagenet)
     raise ValueError(f"model.name: unknown model {cfg.name!r}")

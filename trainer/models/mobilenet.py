@@ -15,7 +15,7 @@ IMAGENET = MobileNet_V2_Weights.IMAGENET1K_V1  # torchvision's only MobileNetV2 
 
 class MobileNetV2Tagger(nn.Module):
     def __init__(self, num_classes: int, width_mult: float = 1.0, dropout: float = 0.2, pretrained: bool = False,
-                 pretrained_file: Optional[str] = None) -> None:
+                 pretrained_file: Optional[str] = None, conv_init: str = "kaiming_normal") -> None:
         super().__init__()
         if pretrained and width_mult != 1.0:
             raise ValueError(f"width_mult: ImageNet weights exist for width_mult 1.0 only, got {width_mult}")
@@ -25,6 +25,12 @@ class MobileNetV2Tagger(nn.Module):
         net.features[0][0] = nn.Conv2d(1, stem.out_channels, stem.kernel_size, stem.stride, stem.padding,
                                        bias=False)
         nn.init.kaiming_normal_(net.features[0][0].weight, mode="fan_out")
+        if conv_init == "xavier_uniform":  # PSL's MobileNetV2 (its convolutions have no bias)
+            for m in net.features.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.xavier_uniform_(m.weight)
+        elif conv_init != "kaiming_normal":
+            raise ValueError(f"conv_init: 'kaiming_normal' or 'xavier_uniform', got {conv_init!r}")
         self.features = net.features
         self.classifier = net.classifier  # Dropout + Linear, applied to every time step
         if pretrained:

@@ -13,6 +13,9 @@ class ModelConfig:
     width_mult: float = 1.0
     att_heads: int = 4  # EfficientNet attention pooling heads (0: mean pooling)
     dropout: float = 0.2
+    # MobileNetV2's convolutions from scratch: torchvision's init, or PSL's (Xavier-uniform; both keep BatchNorm at
+    # 1/0 and the classifier at N(0, 0.01))
+    conv_init: Literal["kaiming_normal", "xavier_uniform"] = "kaiming_normal"
     # Where the starting weights come from: at most one of the two (the config check refuses both).
     # init: a local checkpoint of one of our runs (a run directory or a weights file), the whole model, classifier
     # included, loaded strictly after building it.
