@@ -94,12 +94,16 @@ def classify(text: str) -> dict:
     if head in ("python", "python3"):
         if argv[1:2] == ["-m"]:
             return {"kind": "help", "module": argv[2]}
+        if argv[1:2] == ["-c"]:  # a snippet: nothing of ours to ask for --help
+            return {"plain": True}
         if argv[1] == "trainer/run.py":
             return {"kind": "check", "argv": [a for a in argv[2:] if a != "--check"],
                     "world": int(env.get("WORLD_SIZE", 1))}
         if argv[1].endswith(".py"):
             return {"kind": "help", "path": argv[1]}
     if argv[:2] == ["accelerate", "launch"]:
+        if "-m" in argv:  # accelerate launch [options] -m MODULE ...
+            return {"kind": "help", "module": argv[argv.index("-m") + 1]}
         script = next((i for i, a in enumerate(argv) if a.endswith(".py")), None)
         if script is not None and argv[script] == "trainer/run.py":
             return {"kind": "check", "argv": [a for a in argv[script + 1:] if a != "--check"],
@@ -146,6 +150,8 @@ def test_extraction() -> None:
     assert classify("accelerate launch --config_file accelerate_config.yaml trainer/run.py configs/full_as.yaml")[
         "world"] == 4
     assert classify("WORLD_SIZE=8 python trainer/run.py configs/psl_base.yaml --check")["world"] == 8
+    assert classify("accelerate launch --num_processes 2 -m trainer.predict --checkpoint r --dataset d --out o") == \
+        {"kind": "help", "module": "trainer.predict"}
     assert "error" in classify("rm -rf runs")
 
 
