@@ -96,9 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError) as e:
             print(f"predict: {e}", file=sys.stderr)
             return 2
-        accelerator.print(f"{info['num_tagged']} of {info['num_clips']} clips of {args.dataset} tagged into "
-                          f"{args.out}" + (f"; {len(info['missing'])} did not decode (listed in info.json)"
-                                           if info["missing"] else ""))
+        if accelerator.is_main_process:  # the one that merged the ranks' parts
+            print(f"{info['num_tagged']} of {info['num_clips']} clips of {args.dataset} tagged into {args.out}"
+                  + (f"; {len(info['missing'])} did not decode (listed in info.json)" if info["missing"] else ""))
         return 0
     results, errors = tagger.predict(args.files, chunk_seconds=args.chunk_seconds, skip_errors=True)
     doc = to_json(args.checkpoint, args.weights, args.chunk_seconds, results, errors, tagger.vocab, args.top_k)
