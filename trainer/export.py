@@ -65,6 +65,11 @@ class WaveformTagger(nn.Module):
 
 def export_onnx(module: WaveformTagger, path: Path) -> None:
     """``module`` as ONNX at ``path`` (written under a temporary name first), batch and length dynamic."""
+    try:
+        import onnxscript  # noqa: F401 - torch's exporter needs it; say which extra brings it
+    except ImportError:
+        raise ImportError("ONNX export needs the export extra: pip install -e '.[export]' (onnx, onnxscript, "
+                          "onnxruntime)") from None
     clip = module.frontend.clip_samples
     example = torch.zeros(2, clip + clip // 2)  # two windows: no size the exporter could take for a constant
     example[:, ::7] = 0.1
@@ -121,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         paths = export(args.run, args.out, args.weights)
-    except (ConfigError, OSError, ValueError) as e:
+    except (ConfigError, OSError, ValueError, ImportError) as e:
         print(f"export: {e}", file=sys.stderr)
         return 2
     print("\n".join(map(str, paths)))
