@@ -140,5 +140,5 @@ def test_dataset_tagging_identical_on_one_and_two_processes(two_process_run: Pat
                                                          "keys.npy", "probs.npy"]
     proc = launch("trainer/predict.py", "--checkpoint", str(two_process_run), "--dataset", str(built_shards["eval"]),
                   "--out", str(outs[1]), check=False)
-    assert proc.returncode == 2 and "is not an empty directory" in proc.stderr
+    assert proc.returncode != 0 and "is not an empty directory" in proc.stderr
     assert np.array_equal(np.load(outs[1] / "keys.npy"), one["keys"])  # untouched

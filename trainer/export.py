@@ -100,6 +100,7 @@ def export(run_dir: str | Path, out: str | Path, weights: str = "best") -> list[
             raise FileExistsError(f"{p}: exists; export never overwrites (choose another --out)")
     run = load_run(run_dir, weights, torch.device("cpu"))
     out.parent.mkdir(parents=True, exist_ok=True)
+    export_onnx(WaveformTagger(run.frontend, run.model), out)  # first: the step that can fail (a missing extra)
     state = {k: v.contiguous() for k, v in run.model.state_dict().items()}
     safetensors.torch.save_file(state, str(temp_path(paths[1])), metadata={"format": "pt"})
     os.replace(temp_path(paths[1]), paths[1])
@@ -110,7 +111,6 @@ def export(run_dir: str | Path, out: str | Path, weights: str = "best") -> list[
     with atomic_write(paths[2]) as f:
         f.write(json.dumps(settings, indent=1) + "\n")
     run.vocab.save(paths[3])
-    export_onnx(WaveformTagger(run.frontend, run.model), out)
     with atomic_write(paths[4]) as f:
         f.write(model_card(run_dir, run.config, run.vocab, weights, sum(p.numel() for p in run.model.parameters()),
                            out.name))
