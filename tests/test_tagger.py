@@ -19,7 +19,7 @@ from trainer.data.features import build_frontend
 from trainer.data.settings import FeatureConfig, LoaderSettings
 from trainer.data.streams import EvalStream
 from trainer.predict import main
-from trainer.tagger import Tagger
+from trainer.tagger import Tagger, tag_dataset
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +121,8 @@ def test_bad_inputs_are_named(tagger: Tagger, tmp_path: Path) -> None:
     assert errors == [("array 0", "array 0: no audio samples")]
 
 
-def test_dataset_tagging_identical_on_one_and_two_processes(two_process_run: Path, built_shards: dict[str, Path],
-                                                             tmp_path: Path) -> None:
+def test_dataset_tagging_identical_on_one_and_two_processes(tagger: Tagger, two_process_run: Path,
+                                                             built_shards: dict[str, Path], tmp_path: Path) -> None:
     outs = {}
     for n in (1, 2):
         outs[n] = tmp_path / f"tags{n}"
@@ -138,7 +138,6 @@ def test_dataset_tagging_identical_on_one_and_two_processes(two_process_run: Pat
     assert info["num_clips"] == info["num_tagged"] == 16 and info["missing"] == {}
     assert sorted(p.name for p in outs[2].iterdir()) == ["class_labels_indices.csv", "embeddings.npy", "info.json",
                                                          "keys.npy", "probs.npy"]
-    proc = launch("trainer/predict.py", "--checkpoint", str(two_process_run), "--dataset", str(built_shards["eval"]),
-                  "--out", str(outs[1]), check=False)
-    assert proc.returncode != 0 and "is not an empty directory" in proc.stderr
+    with pytest.raises(FileExistsError, match="is not an empty directory"):  # before any collective step
+        tag_dataset(tagger, str(built_shards["eval"]), outs[1], accelerator=None)
     assert np.array_equal(np.load(outs[1] / "keys.npy"), one["keys"])  # untouched
