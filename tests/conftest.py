@@ -6,6 +6,9 @@ class_labels_indices.csv, classes.csv, audio/).
 ``built_shards``: dict {"train": Path, "eval": Path} of dataset directories built from unbalanced.json and
 eval.json by ``tools.build_shards`` (16 samples per shard: train has 3 shards, eval 1). Treat both as
 read-only; copy them before corrupting anything.
+``two_process_run``: the run directory of a finished tiny training run (tests/runkit.py ``tiny_config``: mel64,
+4 s clips, MobileNetV2 ×0.35, 2 epochs) on two processes over ``built_shards``, with eval and chunk-level
+results; the one trained run the tests share (test_run checks it, the tagger and export tests use it).
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from runkit import launch, tiny_config
 from tools.build_shards import BuildOptions, build
 from tools.make_synthetic import make_synthetic
 
@@ -38,3 +42,11 @@ def built_shards(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
         assert result.num_written == result.num_inputs, result.summary()
         out[split] = opts.out
     return out
+
+
+@pytest.fixture(scope="session")
+def two_process_run(built_shards: dict[str, Path], synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("run2")
+    config = tiny_config(root / "tiny.yaml", built_shards, synthetic_dir, root / "runs")
+    launch("trainer/run.py", str(config), processes=2)
+    return root / "runs" / "tiny"

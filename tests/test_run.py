@@ -15,14 +15,6 @@ from trainer.config import ConfigError, load_config
 from trainer.evaluate import Predictions
 
 
-@pytest.fixture(scope="module")
-def two_process_run(built_shards, synthetic_dir, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("run2")
-    config = tiny_config(root / "tiny.yaml", built_shards, synthetic_dir, root / "runs")
-    launch("trainer/run.py", str(config), processes=2)
-    return root / "runs" / "tiny"
-
-
 def test_two_process_run_writes_psla_results(two_process_run: Path):
     run = two_process_run
     for name in ("config.yaml", "class_labels_indices.csv", "metrics.csv", "steps.csv", "curves.png",

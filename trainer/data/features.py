@@ -84,6 +84,17 @@ class FrontEnd(ABC):
         """The torch tail on the batch's device, from :meth:`graph`'s outputs → B × mel × frames features."""
 
     @abstractmethod
+    def decoded(self, pcm: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """What :meth:`_decode_graph` gives for samples decoded outside DALI (the tagger's arrays), for
+        :meth:`finish`: ``pcm`` B × clip_samples int16, zero past each clip's ``length`` (B, ≤ clip_samples)."""
+
+    @abstractmethod
+    def traceable(self, pcm: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+        """:meth:`finish` of :meth:`decoded` as one graph of whole-batch tensor ops, without host reads or
+        loops over clips, for ONNX export: ``pcm`` B × clip_samples float in 16-bit units, zero past each
+        clip's ``length`` (B, float). Equal to finish up to float rounding (tests/test_export.py)."""
+
+    @abstractmethod
     def mix_waveforms(self, outputs: Sequence[torch.Tensor], partner: torch.Tensor,
                       lam: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Waveform mixup of :meth:`_decode_graph`'s outputs (on any device), as outputs for :meth:`finish`:
@@ -160,6 +171,14 @@ class KaldiFbank(FrontEnd):
             wave = _kaldi_waveform(pcm[i:i + step], mean[i:i + step], length[i:i + step, 0])
             self._normalise(self._log_mel(self._power_spectrogram(wave)), out=feats[i:i + step])
         return feats
+
+    def decoded(self, pcm: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        mean = pcm.double().sum(dim=1).div_(length).float()  # over the decoded samples, as DALI's reduction
+        return pcm, mean, length[:, None]
+
+    def traceable(self, pcm: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+        wave = _kaldi_waveform(pcm, pcm.sum(dim=1) / length, length, masked=True)
+        return self._normalise(self._log_mel(self._power_spectrogram(wave)))
 
     def mix_waveforms(self, outputs: Sequence[torch.Tensor], partner: torch.Tensor,
                       lam: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -274,9 +293,20 @@ class Mel64(FrontEnd):
         step = _chunk(pcm)
         for i in range(0, pcm.shape[0], step):
             power = self._power_spectrogram(pcm[i:i + step].float())  # in 16-bit units: the window scales
-            db = self._mel(power).clamp_(min=1e-10).log10_().mul_(10.0)
-            torch.maximum(db, db.amax(dim=(1, 2), keepdim=True) - 120.0, out=feats[i:i + step])
+            self._db(self._mel(power), out=feats[i:i + step])
         return feats
+
+    def decoded(self, pcm: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return (pcm,)
+
+    def traceable(self, pcm: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+        return self._db(self._mel(self._power_spectrogram(pcm)))
+
+    @staticmethod
+    def _db(mel: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Mel energies → dB (floor 1e-10), then AmplitudeToDB's per-clip top_db of 120 (into ``out`` if given)."""
+        db = mel.clamp_(min=1e-10).log10_().mul_(10.0)
+        return torch.maximum(db, db.amax(dim=(1, 2), keepdim=True) - 120.0, out=out)
 
     def mix_waveforms(self, outputs: Sequence[torch.Tensor], partner: torch.Tensor,
                       lam: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -330,21 +360,21 @@ def _chunk(pcm: torch.Tensor) -> int:
     return _CPU_CHUNK if pcm.device.type == "cpu" else max(1, pcm.shape[0])
 
 
-def _centre(pcm: torch.Tensor, mean: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+def _centre(pcm: torch.Tensor, mean: torch.Tensor, length: torch.Tensor, masked: bool = False) -> torch.Tensor:
     """PSLA's ``wave − wave.mean()`` over each clip's first ``length`` samples, the zero padding left 0, as a
-    new float tensor."""
+    new float tensor. ``masked``: by a mask on any device (a graph to export has no loop over clips)."""
     wave = pcm.to(torch.float32, copy=True).sub_(mean[:, None])
-    if wave.device.type != "cpu":  # a mask: slicing by the lengths would read them back from the device
+    if masked or wave.device.type != "cpu":  # a mask: slicing by the lengths would read them back from the device
         return wave.masked_fill_(torch.arange(wave.shape[1], device=wave.device) >= length[:, None], 0.0)
     for row, n in enumerate(length.tolist()):  # on a CPU several times cheaper than building the mask
         wave[row, n:] = 0.0
     return wave
 
 
-def _kaldi_waveform(pcm: torch.Tensor, mean: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+def _kaldi_waveform(pcm: torch.Tensor, mean: torch.Tensor, length: torch.Tensor, masked: bool = False) -> torch.Tensor:
     """:func:`_centre`, then Kaldi's pre-emphasis, y[t] = x[t] − 0.97·x[t−1] with x[−1] = x[0] (the first
     window tap is 0, so this whole-signal filter equals Kaldi's per-frame one)."""
-    wave = _centre(pcm, mean, length)
+    wave = _centre(pcm, mean, length, masked)
     out = torch.empty_like(wave)
     torch.mul(wave[:, :-1], 0.97, out=out[:, 1:])  # rounded before the subtraction, as Kaldi (no fused a − αb)
     torch.sub(wave[:, 1:], out[:, 1:], out=out[:, 1:])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import safetensors.torch
 import torch
 from torch import nn
 
@@ -11,10 +12,14 @@ from .mobilenet import MobileNetV2Tagger
 from .settings import ModelConfig
 
 
-def build_model(cfg: ModelConfig, num_classes: int, load_pretrained: bool = True) -> nn.Module:
-    """forward(B × mel × frames) → (clip_probs B × C, frame_probs B × T' × C), both after sigmoid.
+FRAME_STRIDE = 32  # input frames per output frame: both backbones downsample time by 32
 
-    T' = ceil(frames / 32). Both backbones average out whatever frequency rows remain, so they take any
+
+def build_model(cfg: ModelConfig, num_classes: int, load_pretrained: bool = True) -> nn.Module:
+    """forward(B × mel × frames) → (clip_probs B × C, frame_probs B × T' × C), both after sigmoid; it is
+    head(embed(features)), where embed gives the frame embeddings before the classifier (B × ch × T').
+
+    T' = ceil(frames / FRAME_STRIDE). Both backbones average out whatever frequency rows remain, so they take any
     number of mel bins. With cfg.pretrained the backbone starts from ImageNet weights (PretrainedUnavailable
     when they cannot be had); load_pretrained=False skips them where trained weights are loaded over the model
     next (a finished run, a resumed checkpoint), so that no download is attempted for nothing.
@@ -28,8 +33,12 @@ def build_model(cfg: ModelConfig, num_classes: int, load_pretrained: bool = True
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Load a local state dict (a 'module.' prefix from DataParallel/DDP is stripped); strict."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    """Load a local state dict, a torch file or ``.safetensors`` (a 'module.' prefix from DataParallel/DDP is
+    stripped); strict."""
+    if Path(path).suffix == ".safetensors":
+        state = safetensors.torch.load_file(str(path), device="cpu")
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
     state = {k.removeprefix("module."): v for k, v in state.items()}
     own = model.state_dict()
     missing = sorted(own.keys() - state.keys())

@@ -28,10 +28,14 @@ class EfficientNetTagger(nn.Module):
         x = F.avg_pool2d(x, (min(4, x.shape[2]), 1))
         return x.mean(dim=2)
 
+    def head(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`embed`'s B × ch × T' → (clip_probs B × C, frame_probs B × T' × C)."""
+        clip_probs, frame_probs, _ = self.pooling(frames)
+        return clip_probs, frame_probs
+
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """features: B × mel × frames → (clip_probs B × C, frame_probs B × T' × C)."""
-        clip_probs, frame_probs, _ = self.pooling(self.embed(features))
-        return clip_probs, frame_probs
+        return self.head(self.embed(features))
 
 
 def _imagenet_backbone(variant: str, file: Optional[str]) -> nn.Module:

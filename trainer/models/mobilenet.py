@@ -50,9 +50,15 @@ class MobileNetV2Tagger(nn.Module):
         state.update((f"classifier.{k}", v) for k, v in self.classifier.state_dict().items())
         self.load_state_dict(state)
 
+    def embed(self, features: torch.Tensor) -> torch.Tensor:
+        """features: B × mel × frames → the frame embeddings before the classifier, B × ch × T'."""
+        return self.features(features.unsqueeze(1)).mean(dim=2)  # collapse frequency, keep time
+
+    def head(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`embed`'s B × ch × T' → (clip_probs B × C, frame_probs B × T' × C)."""
+        frame_probs = torch.sigmoid(self.classifier(frames.transpose(1, 2)))  # the classifier at every time step
+        return frame_probs.mean(dim=1), frame_probs
+
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """features: B × mel × frames → (clip_probs B × C, frame_probs B × T' × C)."""
-        x = self.features(features.unsqueeze(1))  # B × ch × F' × T'
-        x = x.mean(dim=2).transpose(1, 2)  # B × T' × ch: collapse frequency, keep time
-        frame_probs = torch.sigmoid(self.classifier(x))
-        return frame_probs.mean(dim=1), frame_probs
+        return self.head(self.embed(features))
