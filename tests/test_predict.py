@@ -16,7 +16,9 @@ from trainer.data.manifest import VOCABULARY, Vocabulary
 from trainer.data.settings import DataConfig, FeatureConfig
 from trainer.models import build_model
 from trainer.models.settings import ModelConfig
+from trainer.data.audio import AudioError
 from trainer.predict import main
+from trainer.tagger import Tagger
 
 CLASSES = 5
 CLIP_SECONDS = 5.0  # the 12 s file spans three windows, the last one partial
@@ -103,3 +105,23 @@ def test_bad_files_named_after_good_results(run_dir: Path, audio: dict[str, Path
     assert [e["path"] for e in doc["errors"]] == [str(missing), str(audio["bad.wav"])]
     assert f"{missing}: no such file" in proc.stderr
     assert f"{audio['bad.wav']}: cannot decode audio" in proc.stderr
+
+
+def test_lying_headers_and_long_inputs_are_refused_before_decoding(run_dir: Path, audio: dict[str, Path],
+                                                                  tmp_path: Path, capsys: pytest.CaptureFixture
+                                                                  ) -> None:
+    """A WAV whose header claims 1 Hz (844 bytes that would be 400 s at 16 kHz) and a file above --max-seconds are
+    listed as errors naming them; arrays get the same checks."""
+    liar = tmp_path / "liar.wav"
+    sf.write(liar, np.zeros(400, np.int16), 1, subtype="PCM_16")
+    assert main(["--checkpoint", str(run_dir), "--json", "--max-seconds", "10", str(liar),
+                         str(audio["long.flac"]), str(audio["tone.wav"])]) == 1
+    out, err = capsys.readouterr()
+    assert [f["path"] for f in json.loads(out)["files"]] == [str(audio["tone.wav"])]
+    assert f"{liar}: sample rate 1 Hz" in err and f"{audio['long.flac']}: 12.0 s long, above the limit of 10 s" in err
+    tagger = Tagger.from_run(run_dir)
+    tagger.max_seconds = 2.0
+    with pytest.raises(AudioError, match="array 0: 3.0 s long"):
+        tagger.tag([np.zeros(48000, np.float32)], sample_rate=16000)
+    with pytest.raises(AudioError, match="array 0: sample rate 1 Hz"):
+        tagger.tag([np.zeros(4, np.float32)], sample_rate=1)

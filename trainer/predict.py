@@ -20,7 +20,7 @@ import numpy as np
 
 from trainer.config import ConfigError
 from trainer.data.manifest import Vocabulary
-from trainer.tagger import Prediction, Tagger, tag_dataset
+from trainer.tagger import MAX_SECONDS, Prediction, Tagger, tag_dataset
 
 
 def top_labels(probs: np.ndarray, vocab: Vocabulary, k: int) -> list[dict]:
@@ -64,14 +64,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--top-k", type=int, default=5, help="labels shown per file and per chunk (default: %(default)s)")
     p.add_argument("--chunk-seconds", type=float, default=2.0,
                    help="timeline chunk length in seconds (default: %(default)s s)")
+    p.add_argument("--max-seconds", type=float, default=MAX_SECONDS,
+                   help="longest file tagged, in seconds; a longer one is listed as an error (default: %(default)g s)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("--dataset", help="tag every clip of this built dataset (a directory or a shard pattern)")
     p.add_argument("--out", help="with --dataset: a new (or empty) directory for the .npy files")
     p.add_argument("--embeddings", action="store_true", help="with --dataset: also write clip embeddings")
     p.add_argument("files", nargs="*", help="audio files in any format libsndfile reads")
     args = p.parse_args(argv)
-    if args.top_k < 1 or args.chunk_seconds <= 0:
-        p.error("--top-k and --chunk-seconds must be positive")
+    if args.top_k < 1 or not args.chunk_seconds > 0 or not args.max_seconds > 0:
+        p.error("--top-k, --chunk-seconds and --max-seconds must be positive")
     if bool(args.dataset) == bool(args.files):
         p.error("give audio files or --dataset, not both")
     if bool(args.dataset) != bool(args.out) or (args.embeddings and not args.dataset):
@@ -101,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{info['num_tagged']} of {info['num_clips']} clips of {args.dataset} tagged into {args.out}"
                   + (f"; {len(info['missing'])} did not decode (listed in info.json)" if info["missing"] else ""))
         return 0
+    tagger.max_seconds = args.max_seconds
     results, errors = tagger.predict(args.files, chunk_seconds=args.chunk_seconds, skip_errors=True)
     doc = to_json(args.checkpoint, args.weights, args.chunk_seconds, results, errors, tagger.vocab, args.top_k)
     print(json.dumps(doc, indent=2) if args.json else format_text(doc))

@@ -31,13 +31,12 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
-import soxr
 import torch
 from accelerate import Accelerator
 from torch import nn
 
 from trainer.data.atomic import atomic_write, temp_path
-from trainer.data.audio import SAMPLE_RATE, AudioError, load_audio, to_pcm16
+from trainer.data.audio import SAMPLE_RATE, AudioError, from_array, load_audio, to_pcm16
 from trainer.data.chunks import Chunking
 from trainer.data.datasets import load_records
 from trainer.data.features import FrontEnd, build_frontend
@@ -51,6 +50,7 @@ from trainer.runs import CONFIG, load_run
 Audio = Union[str, Path, np.ndarray]
 EXPORT_CONFIG = "config.json"  # an export's front-end and model settings (trainer.export writes it)
 EXPORT_WEIGHTS = "model.safetensors"
+MAX_SECONDS = 3600.0  # the longest input tagged by default: an hour
 
 
 @dataclass
@@ -93,14 +93,15 @@ class Tagger:
     """A trained model with its front-end and vocabulary, in eval mode on ``device``."""
 
     def __init__(self, frontend: FrontEnd, vocab: Vocabulary, model: nn.Module, device: torch.device,
-                 batch_size: int = 16) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+                 batch_size: int = 16, max_seconds: float = MAX_SECONDS) -> None:
+        if batch_size < 1 or not max_seconds > 0:
+            raise ValueError(f"batch_size and max_seconds must be positive, got {batch_size} and {max_seconds}")
         self.frontend = frontend
         self.vocab = vocab
         self.model = model.to(device).eval()
         self.device = device
         self.batch_size = batch_size
+        self.max_seconds = max_seconds  # a longer input is refused: its decode and windows are held whole
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -160,7 +161,7 @@ class Tagger:
         for item, x in enumerate(inputs):
             source = f"array {item}" if isinstance(x, np.ndarray) else str(x)
             try:
-                pcm = to_pcm16(_load(x, sample_rate, source))
+                pcm = to_pcm16(_load(x, sample_rate, source, self.max_seconds))
             except AudioError as e:  # its message names the input
                 if not skip_errors:
                     raise
@@ -249,38 +250,21 @@ def _device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
-def _load(x: Audio, sample_rate: Optional[int], source: str) -> np.ndarray:
-    """A path decoded by :func:`load_audio`, or an array mixed down and resampled by the same rule; float32
-    mono at 16 kHz, not empty."""
+def _load(x: Audio, sample_rate: Optional[int], source: str, max_seconds: float) -> np.ndarray:
+    """A path decoded by :func:`load_audio`, or an array mixed down and resampled by the same rule
+    (:func:`from_array`); float32 mono at 16 kHz, not empty, at most ``max_seconds`` long (refused before it is
+    decoded, so a lying header costs no memory)."""
     if isinstance(x, np.ndarray):
         if sample_rate is None:
             raise ValueError("sample_rate: required with arrays (the rate of their samples)")
-        wave = _resample(x, sample_rate, source)
+        wave = from_array(x, sample_rate, source, max_seconds)
     else:
         if not Path(x).is_file():
             raise AudioError(f"{x}: no such file")
-        wave = load_audio(x)
+        wave = load_audio(x, max_seconds=max_seconds)
     if not len(wave):
         raise AudioError(f"{source}: no audio samples")
     return wave
-
-
-def _resample(x: np.ndarray, sample_rate: int, source: str) -> np.ndarray:
-    """samples or samples × channels (soundfile's layout; integers are full-scale PCM) → float32 mono at 16 kHz:
-    :func:`load_audio`'s channel mean and soxr 'VHQ' resampling."""
-    if x.ndim not in (1, 2):
-        raise AudioError(f"{source}: expected samples or samples × channels, got shape {x.shape}")
-    if np.issubdtype(x.dtype, np.integer):
-        x = x / float(np.iinfo(x.dtype).max + 1)
-    x = np.asarray(x, dtype=np.float32)
-    if x.size and not np.isfinite(x).all():
-        raise AudioError(f"{source}: audio contains NaN or infinite samples")
-    if x.ndim == 2:
-        x = x.mean(axis=1)
-    if sample_rate != SAMPLE_RATE and x.size:
-        x = soxr.resample(x, sample_rate, SAMPLE_RATE, quality="VHQ")
-    return np.ascontiguousarray(x, dtype=np.float32)
-
 
 
 @torch.no_grad()

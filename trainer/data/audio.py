@@ -71,6 +71,29 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, max_seconds: fl
         x = _read(f, path, -1 if limit < 0 else limit + 1)
         if limit >= 0 and len(x) > limit:
             raise AudioTooLong(f"{path}: longer than its header says, above the limit of {max_seconds:g} s")
+    return _to_rate(x, sr, sample_rate)
+
+
+def from_array(x: np.ndarray, sample_rate: int, source: str = "array", max_seconds: float | None = None
+               ) -> np.ndarray:
+    """Samples or samples × channels (soundfile's layout; integers are full-scale PCM) at ``sample_rate`` →
+    float32 mono at :data:`SAMPLE_RATE` by :func:`load_audio`'s rule (channel mean, soxr 'VHQ'), with the same
+    checks; errors name ``source``."""
+    if x.ndim not in (1, 2):
+        raise AudioError(f"{source}: expected samples or samples × channels, got shape {x.shape}")
+    if sample_rate < MIN_SOURCE_RATE:
+        raise SampleRateTooLow(f"{source}: sample rate {sample_rate} Hz is below {MIN_SOURCE_RATE} Hz")
+    if max_seconds is not None and len(x) > max_seconds * sample_rate:
+        raise AudioTooLong(f"{source}: {len(x) / sample_rate:.1f} s long, above the limit of {max_seconds:g} s")
+    if np.issubdtype(x.dtype, np.integer):
+        x = x / float(np.iinfo(x.dtype).max + 1)
+    x = np.asarray(x, dtype=np.float32)
+    if x.size and not np.isfinite(x).all():
+        raise AudioError(f"{source}: audio contains NaN or infinite samples")
+    return _to_rate(x.mean(axis=1) if x.ndim == 2 else x, sample_rate, SAMPLE_RATE)
+
+
+def _to_rate(x: np.ndarray, sr: int, sample_rate: int) -> np.ndarray:
     if sr != sample_rate and x.size:
         x = soxr.resample(x, sr, sample_rate, quality="VHQ")
     return np.ascontiguousarray(x, dtype=np.float32)

@@ -62,7 +62,7 @@ def broken_link(path: Path) -> str:
     return ""
 
 
-def _split_spec(spec: str) -> tuple[Path, set[str] | None]:
+def split_spec(spec: str) -> tuple[Path, set[str] | None]:
     """(dataset directory, selected shard names or None for all): a directory, one ``x.tar`` or a
     brace pattern of shards."""
     if "{" not in spec and not spec.endswith(".tar"):
@@ -77,7 +77,7 @@ def _split_spec(spec: str) -> tuple[Path, set[str] | None]:
 def spec_exists(spec: str) -> bool:
     """Whether the dataset directory a spec names (or whose shards it selects) exists."""
     try:
-        return _split_spec(spec)[0].is_dir()
+        return split_spec(spec)[0].is_dir()
     except ValueError:
         return False
 
@@ -85,7 +85,7 @@ def spec_exists(spec: str) -> bool:
 def load_records(spec: str) -> tuple[RecordTable, Vocabulary, dict]:
     """Records of one spec (absolute shard paths, every shard and .idx checked), its vocabulary and
     the dataset's ``dataset.json`` (``{}`` if absent)."""
-    root, selected = _split_spec(spec)
+    root, selected = split_spec(spec)
     if not root.is_dir():
         raise FileNotFoundError(f"{spec}: dataset directory {root} does not exist")
     vocab = Vocabulary.load(root / VOCABULARY)
@@ -183,7 +183,7 @@ def _check_distinct(key: str, specs: Sequence[str]) -> None:
     resolved, links followed): each of their clips would count twice."""
     seen: list[tuple[Path, set[str] | None]] = []
     for i, spec in enumerate(specs):
-        root, selected = _split_spec(spec)
+        root, selected = split_spec(spec)
         for j, (other, other_selected) in enumerate(seen):
             if root == other and (selected is None or other_selected is None or selected & other_selected):
                 raise SplitError(f"{key}[{i}]: {spec} lists shards of {root} that {key}[{j}] ({specs[j]}) already "
