@@ -11,6 +11,7 @@ until this file learns to check it. In a ``console`` block, the lines after ``$ 
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -74,8 +75,8 @@ def fenced_commands(path: Path) -> list[Command]:
 def _world(accelerate_args: list[str]) -> int:
     """Processes of an ``accelerate launch``: --num_processes, else its --config_file's num_processes, else 1."""
     opts = {a: b for a, b in zip(accelerate_args, accelerate_args[1:]) if a.startswith("--")}
-    if "--num_processes" in opts:
-        return int(opts["--num_processes"])
+    if "--num_processes" in opts:  # a shell expression ($((SLURM_NNODES * 8))) is not known here: 1
+        return int(opts["--num_processes"]) if opts["--num_processes"].isdigit() else 1
     if "--config_file" in opts:
         return int(yaml.safe_load((REPO / opts["--config_file"]).read_text()).get("num_processes", 1))
     return 1
@@ -84,6 +85,8 @@ def _world(accelerate_args: list[str]) -> int:
 def classify(text: str) -> dict:
     """The check for one command line: a job for doc_commands.py, {"exists": path}, {"plain": True} or
     {"error": why}."""
+    if re.match(r"[A-Za-z_][A-Za-z0-9_]*=\$\(", text):  # VAR=$(command): a shell variable, nothing of ours
+        return {"plain": True}
     argv, env = shlex.split(text, comments=True), {}
     while argv and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", argv[0]):  # VAR=value prefixes
         name, _, value = argv.pop(0).partition("=")
@@ -91,6 +94,10 @@ def classify(text: str) -> dict:
     if not argv:
         return {"plain": True}
     head = argv[0]
+    if head == "srun":  # srun [options] COMMAND ...: check the command
+        return classify(shlex.join(list(itertools.dropwhile(lambda a: a.startswith("-"), argv[1:]))))
+    if head in ("bash", "sh") and argv[1:2] == ["-c"]:
+        return classify(argv[2])
     if head in ("python", "python3"):
         if argv[1:2] == ["-m"]:
             return {"kind": "help", "module": argv[2]}
@@ -152,6 +159,10 @@ def test_extraction() -> None:
     assert classify("WORLD_SIZE=8 python trainer/run.py configs/psl_base.yaml --check")["world"] == 8
     assert classify("accelerate launch --num_processes 2 -m trainer.predict --checkpoint r --dataset d --out o") == \
         {"kind": "help", "module": "trainer.predict"}
+    assert classify('srun --nodes=2 bash -c "accelerate launch --num_processes $((N * 8)) trainer/run.py '
+                    'configs/demo.yaml run.dir=/scratch/$USER"') == \
+        {"kind": "check", "argv": ["configs/demo.yaml", "run.dir=/scratch/$USER"], "world": 1}
+    assert classify('HEAD=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)') == {"plain": True}
     assert "error" in classify("rm -rf runs")
 
 
