@@ -155,6 +155,7 @@ def _losses(run: Path) -> list[tuple[int, float]]:
         return [(int(r["global_step"]), float(r["loss"])) for r in csv.DictReader(f)]
 
 
+@pytest.mark.timeout(1200)  # three tiny runs: about 9 min on 2 cores with a load average of 12
 def test_training_from_http_through_faults_and_from_s3_repeats_the_local_losses(built_shards, synthetic_dir,
                                                                                 tmp_path, monkeypatch):
     """``accelerate launch trainer/run.py`` on the fixture shards from disk, from the loopback HTTP server
