@@ -196,3 +196,17 @@ def test_training_from_http_through_faults_and_from_s3_repeats_the_local_losses(
     for path in (runs / "s3").rglob("*"):
         if path.is_file() and path.suffix in (".yaml", ".json", ".jsonl", ".csv", ".log", ".txt"):
             assert secret not in path.read_text(errors="replace"), path
+
+
+def test_a_run_whose_dataset_cannot_be_reached_stops_with_one_error_naming_the_url(built_shards, synthetic_dir,
+                                                                                  tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/syntrain"
+    config = tiny_config(tmp_path / "tiny.yaml", built_shards, synthetic_dir, tmp_path / "runs")
+    proc = launch("trainer/run.py", str(config), f"data.train=[{url}]", f"data.cache_dir={tmp_path / 'cache'}",
+                  "data.remote.retries=1", check=False)
+    assert proc.returncode != 0
+    # the run's one line (accelerate adds its own traceback of the launcher after it)
+    assert f"error: {url}: cannot read the dataset" in proc.stderr and "RemoteError" not in proc.stderr, \
+        proc.stderr[-3000:]

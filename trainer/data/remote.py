@@ -50,6 +50,10 @@ class RemoteError(RuntimeError):
     """A remote read that failed for good (after its retries), naming the URL."""
 
 
+class RemoteNotFound(RemoteError, FileNotFoundError):
+    """A dataset file or shard that is not at its URL."""
+
+
 def is_url(spec: str | os.PathLike) -> bool:
     return isinstance(spec, str) and urlsplit(spec).scheme in SCHEMES
 
@@ -181,7 +185,7 @@ def fetch_dataset(url: str, cache_dir: str | os.PathLike | None, stores: Stores)
                 if not isinstance(e.__cause__, FileNotFoundError):
                     raise RemoteError(f"{url}: cannot read the dataset ({e})") from None
                 if required:
-                    raise FileNotFoundError(f"{url}/{name}: not found; is {url} a dataset built by "
+                    raise RemoteNotFound(f"{url}/{name}: not found; is {url} a dataset built by "
                                             "tools.build_shards?") from None
                 (local / name).unlink(missing_ok=True)  # gone remotely: a stale copy must not be used
                 seen.pop(name, None)
@@ -203,20 +207,19 @@ def fetch_dataset(url: str, cache_dir: str | os.PathLike | None, stores: Stores)
 def check_shards(urls: Iterable[str], stores: Stores) -> None:
     """That every shard answers (HEAD, concurrently): a missing one is an error naming it, before the run."""
     urls = list(urls)
-    with ThreadPoolExecutor(max(1, min(stores.settings.connections, len(urls)))) as pool:
-        for url, err in zip(urls, pool.map(_head_error(stores), urls)):
-            if err is not None:
-                raise FileNotFoundError(f"missing shard {url}: {err}") if "NotFound" in err else RemoteError(err)
 
-
-def _head_error(stores: Stores) -> Callable[[str], str | None]:
-    def head(url: str) -> str | None:
+    def head(url: str) -> RemoteError | None:
         try:
             stores.head(url)
             return None
         except RemoteError as e:
-            return str(e)
-    return head
+            return e
+
+    with ThreadPoolExecutor(max(1, min(stores.settings.connections, len(urls)))) as pool:
+        for url, err in zip(urls, pool.map(head, urls)):
+            if isinstance(err, RemoteError):
+                raise RemoteNotFound(f"missing shard {url}: {err}") if isinstance(err.__cause__, FileNotFoundError) \
+                    else err
 
 
 @dataclass
@@ -335,7 +338,3 @@ class RemoteBytes:
         while self._held > self.max_ahead and self._ahead:
             key, entry = next(iter(self._ahead.items()))
             self._take(key, entry, entry[1])
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
