@@ -3,10 +3,11 @@
 ``static``: aiohttp's static file handler over a directory (Range, ETag and Last-Modified as a real server
 sends them). ``proxy``: a fault-injecting reverse proxy in front of it that adds ``latency`` seconds to every
 request and, with probability ``faults`` per request, answers 503 or drops the connection halfway through the
-body (alternately; HEADs only get 503s), seeded; ``GET /__stats__`` returns its counts. ``serve()`` starts one as a subprocess bound to
+body (alternately; HEADs only get 503s), and with probability ``stalls`` never answers (a client's timeout),
+seeded; ``GET /__stats__`` returns its counts. ``serve()`` starts one as a subprocess bound to
 127.0.0.1 on a free port and stops it on exit; ``moto_s3()`` runs moto's S3 server in a thread.
 
-    python tests/servers.py static ROOT | proxy UPSTREAM [--latency S] [--faults P] [--seed N]
+    python tests/servers.py static ROOT | proxy UPSTREAM [--latency S] [--faults P] [--stalls P] [--seed N]
 
 prints ``port N`` once listening.
 """
@@ -82,12 +83,12 @@ def _static_app(root: str):
     return app
 
 
-def _proxy_app(upstream: str, latency: float, faults: float, seed: int):
+def _proxy_app(upstream: str, latency: float, faults: float, stalls: float, seed: int):
     import aiohttp
     from aiohttp import web
 
     rng = random.Random(seed)
-    counts = {"requests": 0, "503": 0, "dropped": 0}
+    counts = {"requests": 0, "503": 0, "dropped": 0, "stalled": 0}
 
     async def handle(request: web.Request) -> web.StreamResponse:
         if request.path == "/__stats__":
@@ -95,6 +96,9 @@ def _proxy_app(upstream: str, latency: float, faults: float, seed: int):
         counts["requests"] += 1
         if latency:
             await asyncio.sleep(latency)
+        if rng.random() < stalls:
+            counts["stalled"] += 1
+            await asyncio.sleep(3600)
         fault = rng.random() < faults
         if fault and (request.method != "GET" or not (counts["503"] + counts["dropped"]) % 2):
             counts["503"] += 1
@@ -134,12 +138,13 @@ def main() -> None:
     p.add_argument("target", help="directory to serve (static) or upstream URL (proxy)")
     p.add_argument("--latency", type=float, default=0.0)
     p.add_argument("--faults", type=float, default=0.0)
+    p.add_argument("--stalls", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
     from aiohttp import web
 
     app = _static_app(str(Path(a.target).resolve())) if a.kind == "static" else \
-        _proxy_app(a.target.rstrip("/"), a.latency, a.faults, a.seed)
+        _proxy_app(a.target.rstrip("/"), a.latency, a.faults, a.stalls, a.seed)
 
     async def run() -> None:
         runner = web.AppRunner(app, access_log=None)

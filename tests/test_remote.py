@@ -115,6 +115,20 @@ def test_members_by_range_through_faults_equal_the_local_bytes(served, tmp_path)
     assert fresh.requests == n
 
 
+def test_stalled_requests_time_out_and_are_retried_and_local_shards_mix_in(served):
+    root, static, _ = served
+    local = load_records(str(root / "ds"))[0]
+    disk = ShardBytes()
+    with serve("proxy", static, "--stalls", "0.3", "--seed", "2") as stalling:
+        reader = RemoteBytes(RemoteSettings(connections=2, retries=8, timeout=1.0))
+        for i in range(8):
+            rec = local[i]
+            url = f"{stalling}/ds/{Path(rec.shard).name}"
+            assert reader.member(url, rec.offset, rec.size).tobytes() == disk(rec).tobytes()
+            assert reader(rec).tobytes() == disk(rec).tobytes()  # a local path: read from the file
+        assert stats(stalling)["stalled"] > 0 and reader.requests == 8 + stats(stalling)["stalled"]
+
+
 def test_streams_from_a_faulty_server_equal_the_local_ones(served, tmp_path):
     root, _, proxy = served
     loader = LoaderSettings(4, num_threads=1, readahead=2, remote=QUICK)

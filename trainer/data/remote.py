@@ -33,7 +33,7 @@ import numpy as np
 from braceexpand import braceexpand
 
 from trainer.data.atomic import atomic_write
-from trainer.data.manifest import DATASET_INFO, ENHANCEMENT, MANIFEST, VOCABULARY, WEIGHTS
+from trainer.data.manifest import DATASET_INFO, ENHANCEMENT, MANIFEST, VOCABULARY, WEIGHTS, ShardBytes
 from trainer.data.settings import RemoteSettings
 
 SCHEMES = ("http", "https", "s3", "gs")
@@ -237,7 +237,8 @@ class RemoteBytes:
     member's range, the queue is sent (coalesced, on a bounded pool) at the next ``member`` call, and
     ``member`` returns the bytes, read now if nothing asked for them. A member whose read failed for good
     raises the same RemoteError whenever it is read again in this process (so the stream's search for the bad
-    sample finds it, rather than a retry that might pass)."""
+    sample finds it, rather than a retry that might pass). Shards named by a local path (a local dataset
+    listed beside one at a URL) are read by a ShardBytes."""
 
     def __init__(self, settings: RemoteSettings, max_ahead: int = AHEAD_BYTES) -> None:
         self.stores = Stores(settings)
@@ -248,17 +249,22 @@ class RemoteBytes:
         self._ahead: OrderedDict[tuple[str, int, int], list] = OrderedDict()  # member → [range, reads asked]
         self._held = 0  # bytes of the ranges in _ahead
         self._failed: dict[tuple[str, int, int], str] = {}
+        self._local = ShardBytes()
 
     @property
     def requests(self) -> int:
         return self.stores.requests
 
     def will_need(self, shard: str, offset: int, size: int) -> None:
+        if not is_url(shard):
+            return self._local.will_need(shard, offset, size)
         with self._lock:
             self._queued.append((shard, offset, size))
 
     def member(self, shard: str, offset: int, size: int) -> np.ndarray:
-        """The ``size`` bytes at ``offset`` of ``shard`` (a URL)."""
+        """The ``size`` bytes at ``offset`` of ``shard``."""
+        if not is_url(shard):
+            return self._local.member(shard, offset, size)
         key = (shard, offset, size)
         with self._lock:
             self._send()

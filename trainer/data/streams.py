@@ -60,8 +60,7 @@ class _Stream:
         self.world_size = world_size
         self.device = torch.device(device)
         self._gpu = self.device.type == "cuda"
-        self._read = RemoteBytes(loader.remote) if self.records.shards and is_url(self.records.shards[0]) \
-            else ShardBytes()
+        self._read = RemoteBytes(loader.remote) if any(map(is_url, self.records.shards)) else ShardBytes()
         self._pipe: Any = None  # one DALI pipeline for the stream's life, rebuilt only when the plan changes
         self._queued: deque[tuple[Hashable, list[int]]] = deque()  # batches DALI has taken, not yet returned
         # CPU: each batch's tail (spectrum, mel, augmentation) runs on a worker thread with single-threaded
