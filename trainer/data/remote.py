@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -93,10 +94,14 @@ def _first_line(e: BaseException) -> str:
 
 
 def _fatal(e: BaseException) -> bool:
-    """Errors no retry mends: a missing object, refused credentials, a bad argument."""
+    """Errors no retry mends: a missing object, refused credentials, a bad argument, another 4xx status (a range
+    past the end of the object: 416) except timeouts (408) and throttling (429)."""
     from obstore.exceptions import PermissionDeniedError, UnauthenticatedError
 
-    return isinstance(e, (FileNotFoundError, PermissionDeniedError, UnauthenticatedError, ValueError, TypeError))
+    if isinstance(e, (FileNotFoundError, PermissionDeniedError, UnauthenticatedError, ValueError, TypeError)):
+        return True
+    status = re.search(r"status(?: code)?:? (\d{3})", str(e))
+    return status is not None and status[1].startswith("4") and status[1] not in ("408", "429")
 
 
 class Stores:
