@@ -113,11 +113,11 @@ def run_one(spec: str, cache: str) -> dict:
     from trainer.data.augment import AugmentConfig
     from trainer.data.datasets import load_records
     from trainer.data.features import build_frontend
-    from trainer.data.settings import FeatureConfig, LoaderSettings
+    from trainer.data.settings import FeatureConfig, LoaderSettings, RemoteSettings
     from trainer.data.streams import TrainStream
 
     torch.set_num_threads(THREADS)
-    records = load_records(spec, cache_dir=cache)[0]
+    records = load_records(spec, RemoteSettings(cache_dir=cache))[0]
     stream = TrainStream(records, 10, LoaderSettings(BATCH, THREADS, 2), build_frontend(FeatureConfig("kaldi_fbank")),
                          AugmentConfig(freqm=48, timem=192, mixup=0.5), 0, 0, 1, torch.device("cpu"), weighted=False)
     start, clips = time.perf_counter(), 0

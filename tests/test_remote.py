@@ -4,6 +4,7 @@ dataset that cannot be reached, and a training run from HTTP and from S3 with th
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import shutil
 import socket
@@ -30,6 +31,10 @@ CPU = torch.device("cpu")
 QUICK = RemoteSettings(connections=4, retries=8, timeout=10.0)
 
 
+def cached(cache: Path, **settings) -> RemoteSettings:
+    return dataclasses.replace(QUICK, cache_dir=str(cache), **settings)
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """(local root, static server URL, faulty proxy URL): ``ds`` a 3-shard dataset of 24 short clips; the proxy
@@ -44,9 +49,9 @@ def test_small_files_are_cached_once_and_refetched_when_the_remote_changes(serve
     root, static, _ = served
     local = load_records(str(root / "ds"))
     with serve("proxy", static) as counted:  # a clean proxy only to count requests
-        remote = load_records(f"{counted}/ds", cache_dir=str(tmp_path), remote=QUICK)
+        remote = load_records(f"{counted}/ds", remote=cached(tmp_path))
         first = stats(counted)["requests"]
-        again = load_records(f"{counted}/ds", cache_dir=str(tmp_path), remote=QUICK)
+        again = load_records(f"{counted}/ds", remote=cached(tmp_path))
         second = stats(counted)["requests"] - first
     assert remote[0].columns().keys() == local[0].columns().keys()
     assert all(np.array_equal(a, b) for a, b in zip(remote[0].columns().values(), local[0].columns().values()))
@@ -54,17 +59,17 @@ def test_small_files_are_cached_once_and_refetched_when_the_remote_changes(serve
     assert remote[1] == local[1] and remote[2] == local[2]
     # first: a HEAD per small file and per shard, and a GET for each file present; again: the HEADs only
     assert second == 5 + 3 and first == second + 3  # manifest, vocabulary, dataset.json (no weights.csv)
-    (cached,) = [p for p in tmp_path.iterdir() if p.is_dir()]
-    assert (cached / "url").read_text().strip() == f"{counted}/ds"
+    (copy,) = (tmp_path / "datasets").iterdir()
+    assert (copy / "url").read_text().strip() == f"{counted}/ds"
     # weights.csv appears remotely: fetched, and used
     changed = tmp_path / "changed"
     shutil.copytree(root / "ds", changed / "ds")
     (changed / "ds" / "weights.csv").write_text("".join(f"{i + 1}.0\n" for i in range(24)))
     with serve("static", str(changed)) as other:
-        table = load_records(f"{other}/ds", cache_dir=str(tmp_path), remote=QUICK)[0]
+        table = load_records(f"{other}/ds", remote=cached(tmp_path))[0]
         assert table.weight.tolist() == [float(i + 1) for i in range(24)]
         (changed / "ds" / "weights.csv").write_text("".join(f"{i + 2}.0\n" for i in range(24)))
-        assert load_records(f"{other}/ds", cache_dir=str(tmp_path), remote=QUICK)[0].weight[0] == 2.0
+        assert load_records(f"{other}/ds", remote=cached(tmp_path))[0].weight[0] == 2.0
 
 
 def test_unreachable_dataset_and_missing_shard_are_one_error_naming_the_url(served, tmp_path):
@@ -74,25 +79,25 @@ def test_unreachable_dataset_and_missing_shard_are_one_error_naming_the_url(serv
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/ds"
     with pytest.raises(RemoteError, match=rf"^{url}: cannot read the dataset .*tried 2 times"):
-        load_records(url, cache_dir=str(tmp_path), remote=RemoteSettings(retries=1, timeout=2.0))
+        load_records(url, remote=RemoteSettings(retries=1, timeout=2.0, cache_dir=str(tmp_path)))
     with pytest.raises(FileNotFoundError, match=rf"{static}/nothing/manifest.jsonl: not found"):
-        load_records(f"{static}/nothing", cache_dir=str(tmp_path), remote=QUICK)
+        load_records(f"{static}/nothing", remote=cached(tmp_path))
     with pytest.raises(FileNotFoundError, match=rf"shard ds-000006\.tar is not in {static}/ds/manifest.jsonl"):
-        load_records(f"{static}/ds/ds-{{000006..000007}}.tar", cache_dir=str(tmp_path), remote=QUICK)
+        load_records(f"{static}/ds/ds-{{000006..000007}}.tar", remote=cached(tmp_path))
     shutil.copytree(root / "ds", tmp_path / "lacking" / "ds")
     (tmp_path / "lacking" / "ds" / "ds-000002.tar").unlink()
     with serve("static", str(tmp_path / "lacking")) as lacking:
         with pytest.raises(FileNotFoundError, match=rf"missing shard {lacking}/ds/ds-000002\.tar"):
-            load_records(f"{lacking}/ds", cache_dir=str(tmp_path), remote=QUICK)
+            load_records(f"{lacking}/ds", remote=cached(tmp_path))
     with pytest.raises(ValueError, match=r"may not hold credentials") as e:
-        load_records("https://user:s3cret@127.0.0.1/ds", cache_dir=str(tmp_path))
+        load_records("https://user:s3cret@127.0.0.1/ds", cached(tmp_path))
     assert "s3cret" not in str(e.value)
 
 
 def test_members_by_range_through_faults_equal_the_local_bytes(served, tmp_path):
     root, _, proxy = served
     local = load_records(str(root / "ds"))[0]
-    remote = load_records(f"{proxy}/ds", cache_dir=str(tmp_path), remote=QUICK)[0]
+    remote = load_records(f"{proxy}/ds", remote=cached(tmp_path))[0]
     reader, disk = RemoteBytes(QUICK), ShardBytes()
     for i in range(len(remote)):  # the whole dataset asked for ahead, in manifest order: coalesced
         reader.will_need(remote.shard(i), int(remote.offset[i]), int(remote.size[i]))
@@ -134,7 +139,7 @@ def test_streams_from_a_faulty_server_equal_the_local_ones(served, tmp_path):
     loader = LoaderSettings(4, num_threads=1, readahead=2, remote=QUICK)
 
     def streams(spec: str, cache: Path | None = None):
-        recs = load_records(spec, cache_dir=str(cache) if cache else None, remote=QUICK)[0]
+        recs = load_records(spec, remote=cached(cache) if cache else QUICK)[0]
         train = TrainStream(recs, 5, loader, FEAT, AugmentConfig(mixup=0.5), 3, 0, 1, CPU, num_samples=16)
         return list(train), list(EvalStream(recs, 5, loader, FEAT, 0, 1, CPU))
 
@@ -149,7 +154,7 @@ def test_a_clip_that_cannot_be_read_goes_the_corrupt_clip_way(served, tmp_path):
     gone = tmp_path / "gone"
     shutil.copytree(root / "ds", gone / "ds")
     with serve("static", str(gone)) as static:
-        recs = load_records(f"{static}/ds", cache_dir=str(tmp_path / "cache"), remote=QUICK)[0]
+        recs = load_records(f"{static}/ds", remote=cached(tmp_path / "cache"))[0]
         (gone / "ds" / "ds-000001.tar").unlink()
         log = CorruptLog(tmp_path / "corrupt.jsonl", total=len(recs), max_fraction=0.5)
         train = TrainStream(recs, 5, LoaderSettings(4, num_threads=1, remote=QUICK), FEAT, AugmentConfig(), 3, 0, 1,
@@ -180,7 +185,7 @@ def test_training_from_http_through_faults_and_from_s3_repeats_the_local_losses(
     launch("trainer/run.py", str(config), "run.name=local")
     top = built_shards["train"].parent
     names = {split: built_shards[split].name for split in ("train", "eval")}
-    cache = f"data.cache_dir={tmp_path / 'cache'}"
+    cache = f"data.remote.cache_dir={tmp_path / 'cache'}"
     with serve("static", str(top)) as static, \
             serve("proxy", static, "--latency", "0.01", "--faults", "0.1", "--seed", "1") as proxy:
         launch("trainer/run.py", str(config), "run.name=http", cache, "data.remote.retries=10",
@@ -218,7 +223,7 @@ def test_a_run_whose_dataset_cannot_be_reached_stops_with_one_error_naming_the_u
         s.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{s.getsockname()[1]}/syntrain"
     config = tiny_config(tmp_path / "tiny.yaml", built_shards, synthetic_dir, tmp_path / "runs")
-    proc = launch("trainer/run.py", str(config), f"data.train=[{url}]", f"data.cache_dir={tmp_path / 'cache'}",
+    proc = launch("trainer/run.py", str(config), f"data.train=[{url}]", f"data.remote.cache_dir={tmp_path / 'cache'}",
                   "data.remote.retries=1", check=False)
     assert proc.returncode != 0
     # the run's one line (accelerate adds its own traceback of the launcher after it)

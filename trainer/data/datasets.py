@@ -81,16 +81,15 @@ def spec_exists(spec: str) -> bool:
         return False
 
 
-def load_records(spec: str, cache_dir: str | None = None,
-                 remote: RemoteSettings = RemoteSettings()) -> tuple[RecordTable, Vocabulary, dict]:
+def load_records(spec: str, remote: RemoteSettings = RemoteSettings()) -> tuple[RecordTable, Vocabulary, dict]:
     """Records of one spec (absolute shard paths, every shard and .idx checked; at a URL, shard URLs, every
     shard checked to answer), its vocabulary and the dataset's ``dataset.json`` (``{}`` if absent). A dataset at
-    a URL has its small files fetched into ``cache_dir`` first (:func:`trainer.data.remote.fetch_dataset`)."""
+    a URL has its small files fetched into ``remote.cache_dir`` first (:func:`trainer.data.remote.fetch_dataset`)."""
     url, stores = None, None
     if is_url(spec):
         url, selected = split_spec(spec)
         stores = Stores(remote)
-        root = fetch_dataset(url, cache_dir, stores)
+        root = fetch_dataset(url, stores)
     else:
         root, selected = _split_spec(spec)
         if not root.is_dir():
@@ -125,14 +124,13 @@ def load_records(spec: str, cache_dir: str | None = None,
     return records, vocab, info
 
 
-def load_many(specs: Sequence[str], cache_dir: str | None = None,
-              remote: RemoteSettings = RemoteSettings()) -> tuple[RecordTable, Vocabulary | None, dict]:
+def load_many(specs: Sequence[str], remote: RemoteSettings = RemoteSettings()) -> tuple[RecordTable, Vocabulary | None, dict]:
     """Several specs concatenated; they must share the vocabulary (same digest)."""
     tables: list[RecordTable] = []
     vocab = None
     first_info: dict = {}
     for spec in specs:
-        recs, v, info = load_records(spec, cache_dir, remote)
+        recs, v, info = load_records(spec, remote)
         if vocab is None:
             vocab, first_info = v, info
         elif v.digest() != vocab.digest():
@@ -161,7 +159,7 @@ def holdout_mask(records: RecordTable, fraction: float) -> np.ndarray:
 
 
 def resolve_splits(cfg: DataConfig) -> Splits:
-    train, vocab, info = load_many(cfg.train, cfg.cache_dir, cfg.remote)
+    train, vocab, info = load_many(cfg.train, cfg.remote)
     if vocab is None:
         raise ValueError("data.train: at least one dataset is required")
     if cfg.valid:
@@ -177,7 +175,7 @@ def resolve_splits(cfg: DataConfig) -> Splits:
 
 
 def _same_vocab(specs: Sequence[str], vocab: Vocabulary, cfg: DataConfig) -> tuple[RecordTable, Vocabulary]:
-    records, v, _ = load_many(specs, cfg.cache_dir, cfg.remote)
+    records, v, _ = load_many(specs, cfg.remote)
     if v is not None and v.digest() != vocab.digest():
         raise ValueError(f"{specs[0]}: vocabulary {v.digest()} differs from the training set's {vocab.digest()}")
     return records, vocab

@@ -164,16 +164,17 @@ class Stores:
         return data
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "audiotag" / "datasets"
+def cache_root(settings: RemoteSettings) -> Path:
+    """The node's cache directory: ``cache_dir``, or ``$XDG_CACHE_HOME/audiotag`` (``~/.cache/audiotag``)."""
+    return Path(settings.cache_dir or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "audiotag")
 
 
-def fetch_dataset(url: str, cache_dir: str | os.PathLike | None, stores: Stores) -> Path:
-    """A local directory holding the small files of the dataset at ``url``: fetched into ``cache_dir`` (one
+def fetch_dataset(url: str, stores: Stores) -> Path:
+    """A local directory holding the small files of the dataset at ``url``: fetched into the settings' ``cache_dir`` (one
     folder per dataset URL) unless the copies there match the remote's size, ETag and modification time. The
     processes of a node take turns (a file lock), so one fetches and the others reuse. A dataset that cannot be
     reached is one RemoteError naming the URL."""
-    local = Path(cache_dir or default_cache_dir()) / hashlib.sha256(url.encode()).hexdigest()[:16]
+    local = cache_root(stores.settings) / "datasets" / hashlib.sha256(url.encode()).hexdigest()[:16]
     local.mkdir(parents=True, exist_ok=True)
     with open(local / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

@@ -17,6 +17,8 @@ class RemoteSettings:
     connections: int = 16  # range requests in flight per process
     retries: int = 5  # further tries of a request after a timeout, a 5xx or a dropped connection
     timeout: float = 30.0  # seconds for one request, body included
+    cache_dir: Optional[str] = None  # the node's copies of the small files (and shards); None: ~/.cache/audiotag
+    cache_bytes: int = 0  # whole shards kept in cache_dir up to this many bytes, least recently used out; 0: none
 
 
 @dataclass(frozen=True)
@@ -57,9 +59,7 @@ class DataConfig:
     readahead: int = 4  # batches read ahead of DALI into the page cache (0: off)
     on_corrupt: Literal["fail", "skip"] = "skip"  # a training sample that does not decode: stop, or skip and log it
     max_corrupt_fraction: float = 0.001  # stop when more of the training set than this has been skipped
-    # datasets at URLs: where their small files (manifest, weights, vocabulary) are kept; None: ~/.cache/audiotag
-    cache_dir: Optional[str] = None
-    remote: RemoteSettings = field(default_factory=RemoteSettings)
+    remote: RemoteSettings = field(default_factory=RemoteSettings)  # datasets at URLs
 
     def batch_plan(self, world_size: int) -> tuple[int, int]:
         """(clips per process and step, gradient accumulation steps) for ``world_size`` processes: the global
