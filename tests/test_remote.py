@@ -229,3 +229,26 @@ def test_a_run_whose_dataset_cannot_be_reached_stops_with_one_error_naming_the_u
     # the run's one line (accelerate adds its own traceback of the launcher after it)
     assert f"error: {url}: cannot read the dataset" in proc.stderr and "RemoteError" not in proc.stderr, \
         proc.stderr[-3000:]
+
+
+def test_shard_cache_serves_later_epochs_from_disk_within_its_cap(served, tmp_path):
+    root, static, _ = served
+    local = load_records(str(root / "ds"))[0]
+    disk = ShardBytes()
+    sizes = sorted(p.stat().st_size for p in (root / "ds").glob("*.tar"))
+    with serve("proxy", static) as counted:
+        for cap, kept in ((sum(sizes), 3), (sizes[-1], 1)):
+            cache = tmp_path / f"cap{cap}"
+            remote = load_records(f"{counted}/ds", remote=cached(cache, cache_bytes=cap))[0]
+            reader = RemoteBytes(cached(cache, cache_bytes=cap))
+            first = [reader(remote[i]).tobytes() for i in range(len(remote))]  # by range; shards fetched meanwhile
+            reader.cache.wait()
+            files = list((cache / "shards").iterdir())
+            assert len(files) == kept and sum(p.stat().st_size for p in files) <= cap
+            n = stats(counted)["requests"]
+            again = RemoteBytes(cached(cache, cache_bytes=cap))  # another process of the node, a later epoch
+            assert [again(remote[i]).tobytes() for i in range(len(remote))] == first \
+                == [disk(local[i]).tobytes() for i in range(len(local))]
+            if kept == 3:  # everything from disk: not one request
+                assert stats(counted)["requests"] == n
+            again.cache.wait()

@@ -23,6 +23,7 @@ import random
 import re
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -163,6 +164,19 @@ class Stores:
                               "another build?")
         return data
 
+    def download(self, url: str, dest: Path) -> None:
+        """The whole object into ``dest``, written in chunks and published complete (atomically)."""
+        import obstore
+
+        store, path = self.get(url)
+
+        def once() -> None:
+            with atomic_write(dest, "wb", private=True) as f:
+                for chunk in obstore.get(store, path).stream(min_chunk_size=8 << 20):
+                    f.write(memoryview(chunk))
+
+        self.call(url, once)
+
 
 def cache_root(settings: RemoteSettings) -> Path:
     """The node's cache directory: ``cache_dir``, or ``$XDG_CACHE_HOME/audiotag`` (``~/.cache/audiotag``)."""
@@ -238,6 +252,72 @@ class _Range:
     refs: int = 0
 
 
+class ShardCache:
+    """Whole shards kept on the node's disk (``cache_dir/shards``) up to ``cache_bytes``, least recently used out,
+    for the epochs after the first: a shard read by range is also downloaded in the background (one at a time,
+    beside the range reads), and once there its members are read from the file. Shared by the processes of a
+    node (files published by rename; a file evicted while mapped stays readable to its reader)."""
+
+    def __init__(self, stores: Stores) -> None:
+        self.stores = stores
+        self.dir = cache_root(stores.settings) / "shards"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.cap = stores.settings.cache_bytes
+        self._lock = threading.Lock()
+        self._known: dict[str, Path | None] = {}  # shard URL → its file, None while not there
+        self._jobs: dict[str, Future] = {}
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="shard-cache")
+
+    def path(self, url: str) -> Path:
+        return self.dir / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-{url.rsplit('/', 1)[-1]}"
+
+    def local(self, url: str) -> Path | None:
+        """The shard's file when it is in the cache; else its download is started (once), and None."""
+        with self._lock:
+            found = self._known.get(url)
+            if found is not None:
+                return found
+            path = self.path(url)
+            if path.is_file():
+                os.utime(path)  # used: the last to be evicted
+                self._known[url] = path
+                return path
+            if url not in self._jobs:
+                self._jobs[url] = self._pool.submit(self._fetch, url, path)
+            return None
+
+    def _fetch(self, url: str, path: Path) -> None:
+        try:
+            if self.stores.head(url)["size"] <= self.cap:
+                self.stores.download(url, path)
+                self._evict(keep=path)
+        except (RemoteError, OSError) as e:  # the range reads go on; this shard is not cached (disk full, …)
+            warnings.warn(f"not caching {url}: {e}", stacklevel=1)
+
+    def _evict(self, keep: Path) -> None:
+        """Delete the least recently used shards until the cache fits its cap (``keep``, just written, last)."""
+        files = []
+        for p in self.dir.iterdir():
+            if p.name.startswith("."):
+                continue  # another process's download in progress
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                continue
+            files.append((p == keep, st.st_mtime, st.st_size, p))
+        total = sum(f[2] for f in files)
+        for _, _, size, p in sorted(files):
+            if total <= self.cap:
+                break
+            p.unlink(missing_ok=True)
+            total -= size
+
+    def wait(self) -> None:
+        """Until the downloads started so far have ended (for tests and benchmarks)."""
+        for job in list(self._jobs.values()):
+            job.result()
+
+
 class RemoteBytes:
     """:class:`trainer.data.manifest.ShardBytes`'s interface over shards at URLs: ``will_need`` queues a
     member's range, the queue is sent (coalesced, on a bounded pool) at the next ``member`` call, and
@@ -256,6 +336,7 @@ class RemoteBytes:
         self._held = 0  # bytes of the ranges in _ahead
         self._failed: dict[tuple[str, int, int], str] = {}
         self._local = ShardBytes()
+        self.cache = ShardCache(self.stores) if settings.cache_bytes > 0 else None
 
     @property
     def requests(self) -> int:
@@ -264,6 +345,9 @@ class RemoteBytes:
     def will_need(self, shard: str, offset: int, size: int) -> None:
         if not is_url(shard):
             return self._local.will_need(shard, offset, size)
+        local = self.cache.local(shard) if self.cache is not None else None
+        if local is not None:
+            return self._local.will_need(str(local), offset, size)
         with self._lock:
             self._queued.append((shard, offset, size))
 
@@ -280,6 +364,9 @@ class RemoteBytes:
             error = self._failed.get(key)
         if error is not None:
             raise RemoteError(error)
+        local = self.cache.local(shard) if self.cache is not None and entry is None else None
+        if local is not None:
+            return self._local.member(str(local), offset, size)
         try:
             if entry is None:
                 data = self.stores.read(shard, offset, size)
