@@ -3,6 +3,7 @@ files cached per node and revalidated, clips by byte range through injected faul
 dataset that cannot be reached, and a training run from HTTP and from S3 with the local run's losses."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -17,13 +18,14 @@ import torch
 from runkit import launch, tiny_config
 from tests.servers import moto_s3, serve, stats
 from tests.shardkit import make_dataset
+from tools.build_shards import main as build_shards
 from trainer.data.augment import AugmentConfig
 from trainer.data.corrupt import CorruptLog
-from trainer.data.datasets import load_records, resolve_splits
+from trainer.data.datasets import load_records
 from trainer.data.features import build_frontend
 from trainer.data.manifest import ShardBytes
-from trainer.data.remote import RemoteBytes, RemoteError, Stores, fetch_dataset
-from trainer.data.settings import DataConfig, FeatureConfig, LoaderSettings, RemoteSettings
+from trainer.data.remote import RemoteBytes, RemoteError, Stores
+from trainer.data.settings import FeatureConfig, LoaderSettings, RemoteSettings
 from trainer.data.streams import EvalStream, TrainStream
 
 FEAT = build_frontend(FeatureConfig(frontend="mel64", clip_seconds=1.0))
@@ -169,6 +171,40 @@ def test_a_clip_that_cannot_be_read_goes_the_corrupt_clip_way(served, tmp_path):
     assert not lost & {k for b in batches for k in b["keys"]}
 
 
+@contextlib.contextmanager
+def s3_bucket(monkeypatch, secret: str = "testing"):
+    """moto's S3 server with a bucket ``audio``; the credentials in this process's environment (the standard
+    chain, which launched runs inherit)."""
+    import boto3
+
+    with moto_s3() as endpoint:
+        for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": secret, "AWS_REGION": "us-east-1",
+                     "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint, "AWS_ALLOW_HTTP": "true"}.items():
+            monkeypatch.setenv(k, v)
+        s3 = boto3.client("s3", endpoint_url=endpoint)
+        s3.create_bucket(Bucket="audio")
+        yield s3
+
+
+def test_builder_uploads_to_s3_manifest_last_and_resumes(synthetic_dir, built_shards, tmp_path, monkeypatch):
+    sent = []
+    upload = Stores.upload
+    monkeypatch.setattr(Stores, "upload", lambda self, src, url: (sent.append(src.name), upload(self, src, url))[1])
+    args = [str(synthetic_dir / "eval.json"), "--out", "s3://audio/sets/syneval", "--stage", str(tmp_path / "stage"),
+            "--labels", str(synthetic_dir / "class_labels_indices.csv"), "--workers", "1", "--shard-samples", "16",
+            "--no-progress"]
+    with s3_bucket(monkeypatch):
+        assert build_shards(args) == 0
+        assert sent[-1] == "manifest.jsonl" and {n for n in sent[:2]} == {"syneval-000000.tar", "syneval-000000.idx"}
+        remote = load_records("s3://audio/sets/syneval", cached(tmp_path / "cache"))
+        local = load_records(str(built_shards["eval"]))
+        assert all(np.array_equal(a, b) for a, b in zip(remote[0].columns().values(), local[0].columns().values()))
+        assert remote[1] == local[1] and remote[0].shards == ["s3://audio/sets/syneval/syneval-000000.tar"]
+        sent.clear()
+        assert build_shards(args) == 0  # run again (as after a kill): nothing rebuilt, only the manifest re-sent
+        assert sent == ["manifest.jsonl"]
+
+
 def _losses(run: Path) -> list[tuple[int, float]]:
     with open(run / "steps.csv") as f:
         return [(int(r["global_step"]), float(r["loss"])) for r in csv.DictReader(f)]
@@ -196,15 +232,7 @@ def test_training_from_http_through_faults_and_from_s3_repeats_the_local_losses(
     assert not (runs / "http" / "corrupt_samples.jsonl").exists()
 
     secret = "t0p-s3cret-for-the-test"
-    import boto3
-
-    with moto_s3() as endpoint:
-        env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": secret, "AWS_DEFAULT_REGION": "us-east-1",
-               "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint, "AWS_ALLOW_HTTP": "true"}
-        for k, v in env.items():
-            monkeypatch.setenv(k, v)
-        s3 = boto3.client("s3", endpoint_url=endpoint)
-        s3.create_bucket(Bucket="audio")
+    with s3_bucket(monkeypatch, secret) as s3:
         for path in top.rglob("*"):
             if path.is_file():
                 s3.upload_file(str(path), "audio", f"sets/{path.relative_to(top)}")

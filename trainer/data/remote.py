@@ -164,6 +164,13 @@ class Stores:
                               "another build?")
         return data
 
+    def upload(self, src: Path, url: str) -> None:
+        """The file ``src`` to ``url`` (multipart for a large one); an object appears whole or not at all."""
+        import obstore
+
+        store, path = self.get(url)
+        self.call(url, lambda: obstore.put(store, path, src))
+
     def download(self, url: str, dest: Path) -> None:
         """The whole object into ``dest``, written in chunks and published complete (atomically)."""
         import obstore
@@ -222,6 +229,27 @@ def fetch_dataset(url: str, stores: Stores) -> Path:
         with atomic_write(seen_path, private=True) as f:
             json.dump(seen, f)
     return local
+
+
+def publish(local: Path, url: str, stores: Stores) -> list[str]:
+    """Upload the dataset directory ``local`` (what tools.build_shards wrote) to ``url``: the shards and their
+    indexes first, then the other files, ``manifest.jsonl`` last, so that a reader finds no manifest before
+    everything it names is there. A file already at the URL with the same size is skipped, so a publish
+    stopped by a kill resumes. Returns the names uploaded."""
+    files = sorted(p for p in local.iterdir() if p.is_file() and not p.name.startswith("."))
+    order = sorted(files, key=lambda p: (p.name == MANIFEST, p.suffix not in (".tar", ".idx"), p.name))
+    sent = []
+    for path in order:
+        target = f"{url}/{path.name}"
+        try:
+            if path.name != MANIFEST and stores.head(target)["size"] == path.stat().st_size:
+                continue
+        except RemoteError as e:
+            if not isinstance(e.__cause__, FileNotFoundError):
+                raise
+        stores.upload(path, target)
+        sent.append(path.name)
+    return sent
 
 
 def check_shards(urls: Iterable[str], stores: Stores) -> None:
