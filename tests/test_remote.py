@@ -147,7 +147,8 @@ def test_streams_from_a_faulty_server_equal_the_local_ones(served, tmp_path):
 
     (lt, le), (rt, re_) = streams(str(root / "ds")), streams(f"{proxy}/ds", tmp_path)
     for a, b in zip(lt + le, rt + re_, strict=True):
-        assert a["keys"] == b["keys"] and torch.equal(a["features"], b["features"]) and torch.equal(a["labels"], b["labels"])
+        assert a["keys"] == b["keys"] and torch.equal(a["features"], b["features"]) \
+            and torch.equal(a["labels"], b["labels"])
 
 
 def test_a_clip_that_cannot_be_read_goes_the_corrupt_clip_way(served, tmp_path):

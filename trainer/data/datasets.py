@@ -124,7 +124,8 @@ def load_records(spec: str, remote: RemoteSettings = RemoteSettings()) -> tuple[
     return records, vocab, info
 
 
-def load_many(specs: Sequence[str], remote: RemoteSettings = RemoteSettings()) -> tuple[RecordTable, Vocabulary | None, dict]:
+def load_many(specs: Sequence[str],
+              remote: RemoteSettings = RemoteSettings()) -> tuple[RecordTable, Vocabulary | None, dict]:
     """Several specs concatenated; they must share the vocabulary (same digest)."""
     tables: list[RecordTable] = []
     vocab = None

@@ -191,10 +191,10 @@ def cache_root(settings: RemoteSettings) -> Path:
 
 
 def fetch_dataset(url: str, stores: Stores) -> Path:
-    """A local directory holding the small files of the dataset at ``url``: fetched into the settings' ``cache_dir`` (one
-    folder per dataset URL) unless the copies there match the remote's size, ETag and modification time. The
-    processes of a node take turns (a file lock), so one fetches and the others reuse. A dataset that cannot be
-    reached is one RemoteError naming the URL."""
+    """A local directory holding the small files of the dataset at ``url``: fetched into ``cache_dir/datasets``
+    (one folder per dataset URL) unless the copies there match the remote's size, ETag and modification time.
+    The processes of a node take turns (a file lock), so one fetches and the others reuse. A dataset that cannot
+    be reached is one RemoteError naming the URL."""
     local = cache_root(stores.settings) / "datasets" / hashlib.sha256(url.encode()).hexdigest()[:16]
     local.mkdir(parents=True, exist_ok=True)
     with open(local / ".lock", "w") as lock:
@@ -213,7 +213,7 @@ def fetch_dataset(url: str, stores: Stores) -> Path:
                     raise RemoteError(f"{url}: cannot read the dataset ({e})") from None
                 if required:
                     raise RemoteNotFound(f"{url}/{name}: not found; is {url} a dataset built by "
-                                            "tools.build_shards?") from None
+                                         "tools.build_shards?") from None
                 (local / name).unlink(missing_ok=True)  # gone remotely: a stale copy must not be used
                 seen.pop(name, None)
                 continue
@@ -222,7 +222,8 @@ def fetch_dataset(url: str, stores: Stores) -> Path:
                 continue
             data = stores.read(f"{url}/{name}")
             if len(data) != meta["size"]:
-                raise RemoteError(f"{url}/{name}: {len(data)} bytes came, {meta['size']} expected (changed while read?)")
+                raise RemoteError(f"{url}/{name}: {len(data)} bytes came, {meta['size']} expected "
+                                  "(changed while read?)")
             with atomic_write(local / name, "wb", private=True) as f:
                 f.write(memoryview(data))
             seen[name] = stamp
@@ -445,7 +446,8 @@ class RemoteBytes:
             if groups:
                 g = groups[-1]
                 start, end = g[0][1], max(o + s for _, o, s in g)
-                if g[0][0] == shard and offset <= end + COALESCE_GAP and max(end, offset + size) - start <= COALESCE_MAX:
+                if g[0][0] == shard and offset <= end + COALESCE_GAP \
+                        and max(end, offset + size) - start <= COALESCE_MAX:
                     g.append(key)
                     continue
             groups.append([key])
