@@ -38,9 +38,11 @@ def cached(cache: Path, **settings) -> RemoteSettings:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(tmp_path_factory, built_shards):
     """(local root, static server URL, faulty proxy URL): ``ds`` a 3-shard dataset of 24 short clips; the proxy
-    adds 5 ms and fails 20 % of requests (503 or a body cut in half)."""
+    adds 5 ms and fails 20 % of requests (503 or a body cut in half). It asks for ``built_shards`` so that the
+    session's fixtures, whose builders fork worker processes, are made before any test here starts obstore's
+    threads (a process forked with them running can hang)."""
     root = tmp_path_factory.mktemp("served")
     make_dataset(root / "ds", n=24, num_shards=3, seconds=0.5)
     with serve("static", str(root)) as static, serve("proxy", static, "--latency", "0.005", "--faults", "0.2") as proxy:
