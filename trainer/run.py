@@ -35,6 +35,7 @@ from trainer.data.datasets import SplitError, Splits, resolve_splits
 from trainer.data.eval_ids import MISSING_IDS, EvalIdsError, EvalSelection
 from trainer.data.features import FrontEnd, build_frontend
 from trainer.data.manifest import VOCABULARY, Vocabulary
+from trainer.data.remote import RemoteError
 from trainer.data.seeding import STEP, torch_seed
 from trainer.data.streams import EvalStream, TrainStream, check_gpu_frontend
 from trainer.data.strong_labels import load_strong_labels
@@ -421,5 +422,5 @@ if __name__ == "__main__":
         print(e, file=sys.stderr)
         sys.exit(e.code)
     except (RunExists, NonFinite, SaveFailed, TooManyCorrupt, DeviceError, PretrainedUnavailable,
-            EvalIdsError, CheckpointUnreadable, ResumeMismatch) as e:
+            EvalIdsError, CheckpointUnreadable, ResumeMismatch, RemoteError) as e:
         sys.exit(f"error: {e}")
