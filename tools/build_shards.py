@@ -5,7 +5,10 @@
 See shards/README.md for the output format. Output is deterministic (same inputs and options give
 byte-identical shards whatever --workers is) and resumable: finished shards are kept after a kill,
 and the interrupted one is rebuilt. One build at a time writes an output directory (each ``--part`` holds its own
-OS lock); a worker process that dies stops the build, naming it and its input.
+OS lock); a worker process that dies stops the build, naming it and its input. ``--out`` may be a URL
+(``s3://bucket/prefix/NAME``, ``gs://…``): the dataset is built in ``--stage`` (resumable there), then
+uploaded, its manifest last
+(:func:`trainer.data.remote.publish`; credentials from the environment).
 """
 from __future__ import annotations
 
@@ -33,6 +36,8 @@ from tools.sources import LOW_RATE, TOO_LONG, TOO_SHORT, UNREADABLE, Item, mark_
 from trainer.data.atomic import atomic_write
 from trainer.data.audio import AudioTooLong, SampleRateTooLow
 from trainer.data.locks import LockHeld, hold_lock
+from trainer.data.remote import RemoteError, Stores, cache_root, is_url, publish
+from trainer.data.settings import RemoteSettings
 from trainer.data.manifest import (DATASET_INFO, MANIFEST, REJECTS, VOCABULARY, WEIGHTS, RecordTable, ShardRecord,
                                    Vocabulary, write_manifest, write_manifest_cache, write_weights)
 
@@ -406,7 +411,9 @@ def _write_part(opts: BuildOptions, records: list[ShardRecord], rejects: list[di
 def main(argv: Iterable[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.build_shards", description=__doc__.split("\n\n")[0])
     p.add_argument("source", type=Path, help="AudioSet segments .csv (with --audio-dir), PSLA .json or PSL .tsv")
-    p.add_argument("--out", type=Path, required=True, help="output directory shards/NAME")
+    p.add_argument("--out", required=True, help="output directory shards/NAME, or a URL s3://bucket/prefix/NAME")
+    p.add_argument("--stage", type=Path, help="with a URL --out: the local directory the dataset is built in "
+                                               "first (default: under ~/.cache/audiotag/build)")
     p.add_argument("--audio-dir", type=Path, help="where the clips of an AudioSet CSV (or a PSL TSV) are")
     p.add_argument("--labels", type=Path,
                    help="class_labels_indices.csv (default: AudioSet's 527 classes, shipped in tools/audioset)")
@@ -436,11 +443,17 @@ def main(argv: Iterable[str] | None = None) -> int:
                         "(default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
-    if a.out.name in ("", ".", ".."):
+    url = a.out.rstrip("/") if is_url(a.out) else None
+    out = Path(a.out) if url is None else \
+        (a.stage or cache_root(RemoteSettings()) / "build" / hashlib.sha256(url.encode()).hexdigest()[:16]) \
+        / url.rsplit("/", 1)[-1]
+    if out.name in ("", ".", ".."):
         p.error("--out must name the dataset directory, e.g. shards/NAME")
     if not 0 <= a.min_duration < a.max_duration:
         p.error(f"need 0 <= --min-duration < --max-duration, got {a.min_duration} and {a.max_duration}")
-    opts = BuildOptions(source=a.source, out=a.out, labels=a.labels, audio_dir=a.audio_dir, workers=a.workers,
+    if url is not None and a.num_parts > 1:
+        p.error("--num-parts with a URL --out: not supported yet; build the parts locally, then upload")
+    opts = BuildOptions(source=a.source, out=out, labels=a.labels, audio_dir=a.audio_dir, workers=a.workers,
                         shard_size=a.shard_size, shard_samples=a.shard_samples, min_duration=a.min_duration,
                         max_duration=a.max_duration,
                         max_reject_fraction=a.max_reject_fraction, shuffle=a.shuffle, seed=a.seed, part=a.part,
@@ -458,6 +471,13 @@ def main(argv: Iterable[str] | None = None) -> int:
         print(f"error: {result.num_rejected / result.num_inputs:.1%} of inputs rejected, above "
               f"--max-reject-fraction {opts.max_reject_fraction}; see {opts.out / REJECTS}", file=sys.stderr)
         return 1
+    if url is not None:
+        try:
+            sent = publish(opts.out, url, Stores(RemoteSettings()))
+        except RemoteError as e:  # the build stays in --stage: run again to resume the upload
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"uploaded {len(sent)} files to {url} (built in {opts.out})")
     return 0
 
 

@@ -37,6 +37,7 @@ from trainer.data.datasets import SplitError, Splits, resolve_splits
 from trainer.data.eval_ids import MISSING_IDS, EvalIdsError, EvalSelection
 from trainer.data.features import FrontEnd, build_frontend
 from trainer.data.manifest import VOCABULARY, Vocabulary
+from trainer.data.remote import RemoteError, is_url
 from trainer.data.seeding import STEP, torch_seed
 from trainer.data.streams import EvalStream, TrainStream, check_gpu_frontend
 from trainer.data.strong_labels import load_strong_labels
@@ -73,8 +74,9 @@ def _plan(batch_size: int, world: int, accumulation: int) -> str:
 def check(path: str, overrides: list[str]) -> Config:
     """``--check``: the config validated as a run validates it, its batch plan on this launch's processes
     (WORLD_SIZE, 1 without a launcher) and the resolved config, printed by rank 0. Datasets and files that do not
-    exist yet (shards built later) are listed as notes, not errors; when they all exist the splits are resolved
-    and the datasets' normalisation stats filled in, as the run would."""
+    exist yet (shards built later) are listed as notes, not errors; when they all exist (and none is at a URL: it
+    reads nothing over the network) the splits are resolved and the datasets' normalisation stats filled in, as the
+    run would."""
     cfg = load_config(path, overrides, check_paths=False)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     try:
@@ -86,7 +88,10 @@ def check(path: str, overrides: list[str]) -> Config:
     lines = [f"{path}: valid", f"{world} process{'es' if world > 1 else ''}: {_plan(batch_size, world, accumulation)}"]
     missing = missing_paths(cfg)
     lines += [f"note: {m}" for m in missing]
-    if not missing:
+    urls = [spec for split in (cfg.data.train, cfg.data.valid, cfg.data.eval) for spec in split if is_url(spec)]
+    if urls:  # --check reads nothing over the network
+        lines.append(f"note: {len(urls)} dataset(s) at a URL, reached when the run starts: {', '.join(urls)}")
+    if not missing and not urls:
         try:
             data = resolve_splits(cfg.data)
         except SplitError as e:
@@ -463,5 +468,5 @@ if __name__ == "__main__":
         print(e, file=sys.stderr)
         sys.exit(e.code)
     except (RunExists, NonFinite, SaveFailed, TooManyCorrupt, DeviceError, PretrainedUnavailable,
-            EvalIdsError, CheckpointUnreadable, ResumeMismatch) as e:
+            EvalIdsError, CheckpointUnreadable, ResumeMismatch, RemoteError) as e:
         sys.exit(f"error: {e}")

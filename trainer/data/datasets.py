@@ -1,7 +1,8 @@
 """Resolve a config's dataset specs into :class:`RecordTable` s with absolute shard paths.
 
 A spec is a built dataset directory, or a brace-expanded shard pattern inside one
-(``shards/as/as-{000000..000199}.tar``, the webdataset convention) that selects some of its shards.
+(``shards/as/as-{000000..000199}.tar``, the webdataset convention) that selects some of its shards; either may
+be a URL (``https://``, ``s3://``, ``gs://``: trainer/data/remote.py), whose shards are then named by URL.
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from braceexpand import braceexpand
 
 from trainer.data.eval_ids import EvalSelection, select_listed
 from trainer.data.manifest import DATASET_INFO, VOCABULARY, RecordTable, Vocabulary, key_hash, read_manifest
-from trainer.data.settings import DataConfig, FeatureConfig
+from trainer.data.remote import Stores, check_shards, fetch_dataset, is_url, split_spec
+from trainer.data.settings import DataConfig, FeatureConfig, RemoteSettings
 
 
 @dataclass
@@ -75,31 +77,46 @@ def split_spec(spec: str) -> tuple[Path, set[str] | None]:
 
 
 def spec_exists(spec: str) -> bool:
-    """Whether the dataset directory a spec names (or whose shards it selects) exists."""
+    """Whether the dataset directory a spec names (or whose shards it selects) exists; a URL is taken to (it is
+    reached, with one error naming it when it cannot be, when the run loads it)."""
+    if is_url(spec):
+        return True
     try:
         return split_spec(spec)[0].is_dir()
     except ValueError:
         return False
 
 
-def load_records(spec: str) -> tuple[RecordTable, Vocabulary, dict]:
-    """Records of one spec (absolute shard paths, every shard and .idx checked), its vocabulary and
-    the dataset's ``dataset.json`` (``{}`` if absent)."""
-    root, selected = split_spec(spec)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{spec}: dataset directory {root} does not exist")
+def load_records(spec: str, remote: RemoteSettings = RemoteSettings()) -> tuple[RecordTable, Vocabulary, dict]:
+    """Records of one spec (absolute shard paths, every shard and .idx checked; at a URL, shard URLs, every
+    shard checked to answer), its vocabulary and the dataset's ``dataset.json`` (``{}`` if absent). A dataset at
+    a URL has its small files fetched into ``remote.cache_dir`` first (:func:`trainer.data.remote.fetch_dataset`)."""
+    url, stores = None, None
+    if is_url(spec):
+        url, selected = split_spec(spec)
+        stores = Stores(remote)
+        root = fetch_dataset(url, stores)
+    else:
+        root, selected = split_spec(spec)
+        if not root.is_dir():
+            raise FileNotFoundError(f"{spec}: dataset directory {root} does not exist")
     vocab = Vocabulary.load(root / VOCABULARY)
     records = read_manifest(root)
     if selected is not None:
-        for name in sorted(selected):
+        for name in sorted(selected) if url is None else ():
             if not (root / name).is_file():
                 raise FileNotFoundError(f"{spec}: missing shard {root / name}")
         missing = sorted(selected - set(records.shards))
         if missing:
-            raise FileNotFoundError(f"{spec}: shard {root / missing[0]} is not in {root}/manifest.jsonl")
+            raise FileNotFoundError(f"{spec}: shard {missing[0]} is not in {url or root}/manifest.jsonl")
         chosen = np.array([name in selected for name in records.shards], dtype=bool)
         records = records.take(chosen[records.shard_index])
     used = np.bincount(records.shard_index, minlength=len(records.shards)) > 0
+    if url is not None:  # DALI's .idx files are not read: clips are found by the manifest's offsets
+        check_shards((f"{url}/{name}" for name, u in zip(records.shards, used) if u), stores)
+        info_path = root / DATASET_INFO
+        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+        return records.with_shards([f"{url}/{name}" for name in records.shards]), vocab, info
     for name in sorted(name for name, u in zip(records.shards, used) if u):
         path = root / name
         if not path.is_file():
@@ -113,13 +130,14 @@ def load_records(spec: str) -> tuple[RecordTable, Vocabulary, dict]:
     return records, vocab, info
 
 
-def load_many(specs: Sequence[str]) -> tuple[RecordTable, Vocabulary | None, dict]:
+def load_many(specs: Sequence[str],
+              remote: RemoteSettings = RemoteSettings()) -> tuple[RecordTable, Vocabulary | None, dict]:
     """Several specs concatenated; they must share the vocabulary (same digest)."""
     tables: list[RecordTable] = []
     vocab = None
     first_info: dict = {}
     for spec in specs:
-        recs, v, info = load_records(spec)
+        recs, v, info = load_records(spec, remote)
         if vocab is None:
             vocab, first_info = v, info
         elif v.digest() != vocab.digest():
@@ -152,13 +170,13 @@ def resolve_splits(cfg: DataConfig) -> Splits:
     dataset's shards twice; eval (or data.valid) clips that are also training clips are a warning with the count."""
     for split in ("train", "valid", "eval"):
         _check_distinct(f"data.{split}", getattr(cfg, split))
-    train, vocab, info = load_many(cfg.train)
+    train, vocab, info = load_many(cfg.train, cfg.remote)
     if vocab is None:
         raise ValueError("data.train: at least one dataset is required")
     _check_not_empty("data.train", cfg.train, train)
     warnings = []
     if cfg.valid:
-        valid, _ = _same_vocab(cfg.valid, vocab)
+        valid, _ = _same_vocab(cfg.valid, vocab, cfg)
         _check_not_empty("data.valid", cfg.valid, valid)
         warnings += _shared_with_train("data.valid", valid, train)
     else:
@@ -168,7 +186,7 @@ def resolve_splits(cfg: DataConfig) -> Splits:
                              f"{int(held.sum())} for validation, leaving {int((~held).sum())} to train on; change it, "
                              f"or list a validation set in data.valid")
         train, valid = train.take(~held), train.take(held)
-    evals, _ = _same_vocab(cfg.eval, vocab) if cfg.eval else (RecordTable.from_records([]), None)
+    evals, _ = _same_vocab(cfg.eval, vocab, cfg) if cfg.eval else (RecordTable.from_records([]), None)
     if cfg.eval:
         _check_not_empty("data.eval", cfg.eval, evals)
     selection = None
@@ -207,8 +225,8 @@ def _shared_with_train(key: str, records: RecordTable, train: RecordTable) -> li
             f"validation hold-out); their scores are not held out"]
 
 
-def _same_vocab(specs: Sequence[str], vocab: Vocabulary) -> tuple[RecordTable, Vocabulary]:
-    records, v, _ = load_many(specs)
+def _same_vocab(specs: Sequence[str], vocab: Vocabulary, cfg: DataConfig) -> tuple[RecordTable, Vocabulary]:
+    records, v, _ = load_many(specs, cfg.remote)
     if v is not None and v.digest() != vocab.digest():
         raise ValueError(f"{specs[0]}: vocabulary {v.digest()} differs from the training set's {vocab.digest()}")
     return records, vocab

@@ -13,6 +13,17 @@ from trainer.bounds import check_range
 
 
 @dataclass(frozen=True)
+class RemoteSettings:
+    """How clips are read from a dataset at a URL (trainer/data/remote.py)."""
+
+    connections: int = 16  # range requests in flight per process
+    retries: int = 5  # further tries of a request after a timeout, a 5xx or a dropped connection
+    timeout: float = 30.0  # seconds for one request, body included
+    cache_dir: Optional[str] = None  # the node's copies of the small files (and shards); None: ~/.cache/audiotag
+    cache_bytes: int = 0  # whole shards kept in cache_dir up to this many bytes, least recently used out; 0: none
+
+
+@dataclass(frozen=True)
 class LoaderSettings:
     """What a stream needs to read batches: their size, DALI's threads and prefetch depth, read-ahead."""
 
@@ -20,6 +31,7 @@ class LoaderSettings:
     num_threads: Union[int, Literal["auto"]] = "auto"  # DALI CPU threads per process (see dali_threads)
     prefetch: int = 2  # DALI prefetch queue depth
     readahead: int = 4  # batches whose samples the kernel is asked to read before DALI takes them; 0: off
+    remote: RemoteSettings = RemoteSettings()
 
 
 def dali_threads(num_threads: Union[int, Literal["auto"]], step_threads: int) -> int:
@@ -34,7 +46,7 @@ def dali_threads(num_threads: Union[int, Literal["auto"]], step_threads: int) ->
 
 @dataclass
 class DataConfig:
-    train: list[str] = field(default_factory=list)  # dataset dirs or brace-expanded shard patterns
+    train: list[str] = field(default_factory=list)  # dataset dirs or URLs, or brace-expanded shard patterns
     valid: list[str] = field(default_factory=list)  # empty: hold out valid_fraction of train
     valid_fraction: float = 0.1
     eval: list[str] = field(default_factory=list)
@@ -49,6 +61,7 @@ class DataConfig:
     readahead: int = 4  # batches read ahead of DALI into the page cache (0: off)
     on_corrupt: Literal["fail", "skip"] = "skip"  # a training sample that does not decode: stop, or skip and log it
     max_corrupt_fraction: float = 0.001  # stop when more of the training set than this has been skipped
+    remote: RemoteSettings = field(default_factory=RemoteSettings)  # datasets at URLs
 
     def validate(self, section: str) -> None:
         """ValueError naming the dotted key of the first setting out of its domain or at odds with another.
@@ -91,7 +104,7 @@ class DataConfig:
 
     def loader(self, batch_size: int) -> LoaderSettings:
         """Loader settings for batches of ``batch_size`` clips."""
-        return LoaderSettings(batch_size, self.num_threads, self.prefetch, self.readahead)
+        return LoaderSettings(batch_size, self.num_threads, self.prefetch, self.readahead, self.remote)
 
 
 @dataclass

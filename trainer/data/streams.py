@@ -35,6 +35,7 @@ from trainer.data.augment import Augmenter, to_device
 from trainer.data.corrupt import CorruptLog
 from trainer.data.features import FrontEnd
 from trainer.data.manifest import RecordTable, ShardBytes, ShardRecord
+from trainer.data.remote import RemoteBytes, is_url
 from trainer.data.sampling import eval_order, train_batches_per_rank, train_order
 from trainer.data.seeding import AUGMENT, SUBSTITUTE, numpy_rng
 from trainer.data.settings import AugmentConfig, LoaderSettings, dali_threads
@@ -62,7 +63,7 @@ class _Stream:
         if self._gpu and self.device.index is None:  # the creating thread's device, not what the feed thread sees
             self.device = torch.device("cuda", torch.cuda.current_device())
         self._stream: Any = None  # CUDA: the consumer's stream, on which DALI's outputs and the tail are ordered
-        self._read = ShardBytes()
+        self._read = RemoteBytes(loader.remote) if any(map(is_url, self.records.shards)) else ShardBytes()
         self._pipe: Any = None  # one DALI pipeline for the stream's life, rebuilt only when the plan changes
         self._queued: deque[tuple[Hashable, list[int]]] = deque()  # batches DALI has taken, not yet returned
         # CPU: each batch's tail (spectrum, mel, augmentation) runs on a worker thread with single-threaded
