@@ -41,6 +41,8 @@ BAD_SETTINGS = [
     (["data.num_samples=0"], "data.num_samples"), (["data.num_samples=-1"], "data.num_samples"),
     (["data.num_threads=0"], "data.num_threads"), (["data.prefetch=0"], "data.prefetch"),
     (["data.readahead=-1"], "data.readahead"), (["data.max_corrupt_fraction=1"], "data.max_corrupt_fraction"),
+    (["data.remote.connections=0"], "data.remote.connections"), (["data.remote.timeout=.nan"], "data.remote.timeout"),
+    (["data.remote.retries=-1"], "data.remote.retries"), (["data.remote.cache_bytes=-1"], "data.remote.cache_bytes"),
     (["features.clip_seconds=0"], "features.clip_seconds"), (["features.clip_seconds=.inf"], "features.clip_seconds"),
     (["features.target_frames=0"], "features.target_frames"), (["features.norm_mean=.nan"], "features.norm_mean"),
     (["features.norm_std=0"], "features.norm_std"),

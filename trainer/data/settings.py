@@ -22,6 +22,13 @@ class RemoteSettings:
     cache_dir: Optional[str] = None  # the node's copies of the small files (and shards); None: ~/.cache/audiotag
     cache_bytes: int = 0  # whole shards kept in cache_dir up to this many bytes, least recently used out; 0: none
 
+    def validate(self, section: str) -> None:
+        """ValueError naming the dotted key of the first setting out of its domain."""
+        check_range(f"{section}.connections", self.connections, 0, low_open=True)
+        check_range(f"{section}.retries", self.retries, 0)
+        check_range(f"{section}.timeout", self.timeout, 0, low_open=True)
+        check_range(f"{section}.cache_bytes", self.cache_bytes, 0)  # 0: no shard cache
+
 
 @dataclass(frozen=True)
 class LoaderSettings:
@@ -85,6 +92,7 @@ class DataConfig:
         check_range(f"{section}.prefetch", self.prefetch, 0, low_open=True)
         check_range(f"{section}.readahead", self.readahead, 0)  # 0: off
         check_range(f"{section}.max_corrupt_fraction", self.max_corrupt_fraction, 0, 1, high_open=True)
+        self.remote.validate(f"{section}.remote")
 
     def batch_plan(self, world_size: int) -> tuple[int, int]:
         """(clips per process and step, gradient accumulation steps) for ``world_size`` processes: the global
