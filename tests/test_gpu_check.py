@@ -49,12 +49,12 @@ def test_dry_run_with_a_wheel_folder_joins_split_wheels_only_in_words(tmp_path):
 @pytest.mark.parametrize("cuda, dali", [("13", {"nvidia-dali-cuda130"}), ("12", {"nvidia-dali-cuda120",
                                                                                  "nvidia-cufft-cu12"})])
 def test_offline_wheels_ask_for_what_the_gpu_machine_lacks(cuda, dali):
-    """The GPU machine (benchmarks/gpu_machine_packages.txt) lacks webdataset, braceexpand, soundfile, soxr and
-    DALI; the CUDA 12 build also needs its cuFFT 11 wheel, the CUDA 13 one uses torch's cuFFT."""
+    """The GPU machine (benchmarks/gpu_machine_packages.txt) lacks webdataset, braceexpand, soundfile, soxr, obstore
+    and DALI; the CUDA 12 build also needs its cuFFT 11 wheel, the CUDA 13 one uses torch's cuFFT."""
     have = read_have(REPO / "benchmarks" / "gpu_machine_packages.txt")
     assert have["torch"] == "2.11.0+cu130" and "nvidia-cufft" in have
     reqs = missing_requirements(project_requirements(cuda, dev=True), have, "3.12")
-    assert {r.name for r in reqs} == {"webdataset", "braceexpand", "soundfile", "soxr"} | dali
+    assert {r.name for r in reqs} == {"webdataset", "braceexpand", "soundfile", "soxr", "obstore"} | dali
 
 
 def test_a_platform_tag_brings_the_older_manylinux_tags():

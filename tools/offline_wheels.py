@@ -59,7 +59,7 @@ def read_have(path: Path) -> dict[str, str]:
 def project_requirements(cuda: str, dev: bool) -> list[Requirement]:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    reqs = project["dependencies"] + extras[f"cuda{cuda}"] + (extras["dev"] if dev else [])
+    reqs = project["dependencies"] + extras[f"cuda{cuda}"] + (extras["test"] if dev else [])
     return [Requirement(r) for r in reqs]
 
 
