@@ -46,6 +46,10 @@ def _blocked_in_open(pid: int) -> bool:
         return False
 
 
+def _children(pid: int) -> list[int]:
+    return [int(c) for task in Path(f"/proc/{pid}/task").glob("*") for c in (task / "children").read_text().split()]
+
+
 def test_second_build_stops_and_a_killed_worker_stops_the_build_resumably(synthetic_dir, tmp_path):
     """Real processes: build A (2 workers) sticks on a FIFO posing as a clip; build B into the same --out stops at
     once naming A; SIGKILL of A's worker on the FIFO stops A with an error naming that worker and input (a
@@ -79,8 +83,9 @@ def test_second_build_stops_and_a_killed_worker_stops_the_build_resumably(synthe
         assert b.returncode == 2, b.stderr
         assert f"build of {out} is in use by another process" in b.stderr and f"pid {a.pid}," in b.stderr, b.stderr
 
-        children += [int(p) for p in Path(f"/proc/{a.pid}/task/{a.pid}/children").read_text().split()]
-        assert len(children) == 2
+        # the workers start from a forkserver: they are the build's grandchildren
+        children += [pid for child in _children(a.pid) for pid in _children(child)]
+        assert len(children) == 2, children
         _wait(lambda: any(_blocked_in_open(c) for c in children), 60, "a worker blocked on the FIFO")
         stuck = next(c for c in children if _blocked_in_open(c))
         os.kill(stuck, signal.SIGKILL)
