@@ -23,8 +23,9 @@ from tools.build_shards import BuildOptions, build
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--clips", type=int, default=192)
-    p.add_argument("--workers", type=int, nargs="+", default=sorted({1, len(os.sched_getaffinity(0))}))
+    p.add_argument("--clips", type=int, default=192, help="10 s synthetic clips built (default: %(default)s)")
+    p.add_argument("--workers", type=int, nargs="+", default=sorted({1, len(os.sched_getaffinity(0))}),
+                   help="worker counts to time (default: 1 and this machine's cores)")
     p.add_argument("--data", type=Path, help="an existing tools.make_synthetic directory to reuse")
     a = p.parse_args()
     data = a.data or dataset(a.clips) / "synthetic"

@@ -191,11 +191,14 @@ def loader_line(py: str, data: str, env: dict[str, str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("out", nargs="?", type=Path)
-    ap.add_argument("--dry-run", action="store_true")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("out", nargs="?", type=Path, metavar="OUTDIR",
+                    help="folder for GPU_CHECK.md and the sections' logs")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="print the plan (sections, limits, commands) and run nothing")
     ap.add_argument("--compile", action="store_true", help="also a torch.compile variant in the train step")
-    ap.add_argument("--python", default=sys.executable, help="the Python the sections run with")
+    ap.add_argument("--python", default=sys.executable,
+                    help="the Python the sections run with (default: this one, %(default)s)")
     ap.add_argument("--versions", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--fallback", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)

@@ -154,11 +154,12 @@ def run_one(loader: str, frontend: str, threads: int, data: Path, epochs: int, b
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--clips", type=int, default=192)
-    ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=2, help="interleaved rounds; the table takes each one's best")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--clips", type=int, default=192, help="10 s synthetic clips (default: %(default)s)")
+    ap.add_argument("--epochs", type=int, default=2, help="epochs per loader and round (default: %(default)s)")
+    ap.add_argument("--batch", type=int, default=32, help="clips per batch (default: %(default)s)")
+    ap.add_argument("--repeats", type=int, default=2,
+                    help="interleaved rounds; the table takes each one's best (default: %(default)s)")
     ap.add_argument("--one", nargs=4, metavar=("LOADER", "FRONTEND", "THREADS", "DATA"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:

@@ -71,9 +71,10 @@ def one_pass(reader: type, path: Path, order: np.ndarray, size: int, ahead: int 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--members", type=int, default=256)
-    p.add_argument("--kib", type=int, default=160)
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--members", type=int, default=256, help="members in the shard-like file (default: %(default)s)")
+    p.add_argument("--kib", type=int, default=160, help="KiB per member (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="interleaved rounds; each variant takes its best (default: %(default)s)")
     a = p.parse_args()
     size = a.kib * 1024
     order = np.random.default_rng(0).permutation(a.members)

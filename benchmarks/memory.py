@@ -62,10 +62,11 @@ def summary(name: str, clips: int, samples: list[tuple[float, float]], ends: lis
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--clips", type=int, default=192)
-    ap.add_argument("--epochs", type=int, default=48)
-    ap.add_argument("--train-steps", type=int, default=480)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--clips", type=int, default=192, help="10 s synthetic clips (default: %(default)s)")
+    ap.add_argument("--epochs", type=int, default=48, help="epochs of the stream alone (default: %(default)s)")
+    ap.add_argument("--train-steps", type=int, default=480,
+                    help="weak training steps fed by the stream (default: %(default)s)")
     ap.add_argument("--one", nargs=2, metavar=("FRONTEND|train", "DATA"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:

@@ -94,9 +94,11 @@ def run_one(data: Path, depth: int, other: Path) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--clips", type=int, default=1536)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--clips", type=int, default=1536,
+                    help="10 s synthetic clips, each read once (default: %(default)s)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="interleaved rounds; each variant takes its best (default: %(default)s)")
     ap.add_argument("--one", nargs=3, metavar=("DATA", "DEPTH", "OTHER"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:

@@ -129,10 +129,11 @@ def run_one(spec: str, cache: str) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--clips", type=int, default=512)
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--skip-clients", action="store_true")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--clips", type=int, default=512, help="10 s synthetic clips (default: %(default)s)")
+    ap.add_argument("--repeats", type=int, default=2,
+                    help="interleaved rounds; each variant takes its best (default: %(default)s)")
+    ap.add_argument("--skip-clients", action="store_true", help="only the stream, not the HTTP clients compared")
     ap.add_argument("--one", nargs=2, metavar=("SPEC", "CACHE"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:

@@ -218,9 +218,11 @@ def report() -> Path:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--clips", type=int, default=192)
-    ap.add_argument("--skip", nargs="*", default=[], choices=SUITE)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--clips", type=int, default=192,
+                    help="10 s synthetic clips of the shared set (default: %(default)s)")
+    ap.add_argument("--skip", nargs="*", default=[], choices=SUITE, metavar="NAME",
+                    help=f"benchmarks not run, of {', '.join(SUITE)} (default: none)")
     ap.add_argument("--report-only", action="store_true", help="rewrite REPORT.md/PNG from the existing JSONs")
     a = ap.parse_args()
     if not a.report_only:

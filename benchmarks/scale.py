@@ -186,10 +186,12 @@ def plot(rows: list[dict], out: Path) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--batches", type=int, default=20, help="batches timed after the first")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=list(SIZES),
+                    help=f"records per manifest (default: {' '.join(map(str, SIZES))})")
+    ap.add_argument("--repeats", type=int, default=2,
+                    help="alternating runs; each takes its fastest (default: %(default)s)")
+    ap.add_argument("--batches", type=int, default=20, help="batches timed after the first (default: %(default)s)")
     ap.add_argument("--one", nargs=2, metavar=("CONFIG", "BATCHES"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:

@@ -94,10 +94,12 @@ def thread_scaling() -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--clips", type=int, default=192)
-    ap.add_argument("--scales", type=int, nargs="+", default=[1, 4, 16])
-    ap.add_argument("--epochs", type=int, default=4, help="epochs per rank of the process comparison")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--clips", type=int, default=192, help="10 s synthetic clips of the ×1 set (default: %(default)s)")
+    ap.add_argument("--scales", type=int, nargs="+", default=[1, 4, 16],
+                    help="multiples of the set timed (default: 1 4 16)")
+    ap.add_argument("--epochs", type=int, default=4,
+                    help="epochs per rank of the process comparison (default: %(default)s)")
     ap.add_argument("--rank", nargs=4, metavar=("RANK", "WORLD", "THREADS", "DATA"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.rank:

@@ -133,17 +133,24 @@ def config_stream(config: Path, clips: int, threads: int, batch: int | None,
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--clips", type=int, default=192)
-    ap.add_argument("--steps", type=int, default=32)
-    ap.add_argument("--block", type=int, default=8, help="steps per turn of each feed")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--clips", type=int, default=192, help="10 s synthetic clips (default: %(default)s)")
+    ap.add_argument("--steps", type=int, default=32, help="steps timed per feed and workload (default: %(default)s)")
+    ap.add_argument("--block", type=int, default=8, help="steps per turn of each feed (default: %(default)s)")
     ap.add_argument("--batch", type=int, default=None, help="default: each config's data.batch_size")
-    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="DALI threads")
-    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    ap.add_argument("--variants", nargs="+", default=None)
-    ap.add_argument("--workloads", nargs="+", choices=("weak", "psl"), default=["weak", "psl"])
-    ap.add_argument("--weak-config", type=Path, default=None)
-    ap.add_argument("--psl-config", type=Path, default=None)
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                    help="DALI threads (default: %(default)s, this machine's cores)")
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                    help="auto: CUDA when torch sees a GPU (default: %(default)s)")
+    ap.add_argument("--variants", nargs="+", default=None,
+                    help="fp32, bf16, bf16+channels_last, bf16+channels_last+compile "
+                         "(default: all four on CUDA, fp32 on a CPU)")
+    ap.add_argument("--workloads", nargs="+", choices=("weak", "psl"), default=["weak", "psl"],
+                    help="weak: clip-level BCE; psl: chunks labelled inline by a teacher (default: both)")
+    ap.add_argument("--weak-config", type=Path, default=None,
+                    help="default: configs/full_as.yaml on CUDA, configs/demo.yaml on a CPU")
+    ap.add_argument("--psl-config", type=Path, default=None,
+                    help="default: configs/psl_balanced_chunk_2sec.yaml on CUDA, configs/demo_psl_2s.yaml on a CPU")
     a = ap.parse_args()
     cuda = a.device == "cuda" or (a.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if cuda else "cpu")

@@ -417,20 +417,31 @@ def main(argv: Iterable[str] | None = None) -> int:
     p.add_argument("--audio-dir", type=Path, help="where the clips of an AudioSet CSV (or a PSL TSV) are")
     p.add_argument("--labels", type=Path,
                    help="class_labels_indices.csv (default: AudioSet's 527 classes, shipped in tools/audioset)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="processes decoding and encoding clips; the shards are the same for any number "
+                        "(default: %(default)s, this machine's cores)")
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--shard-size", type=parse_size, default=parse_size("256MB"), help="bytes per shard, e.g. 256MB")
-    size.add_argument("--shard-samples", type=int, help="samples per shard (instead of --shard-size)")
-    p.add_argument("--min-duration", type=float, default=0.1, help="seconds; shorter clips are rejected")
+    size.add_argument("--shard-size", type=parse_size, default=parse_size("256MB"), metavar="SIZE",
+                      help="bytes per shard: B, KB/MB/GB (powers of 1000) or KiB/MiB/GiB (default: 256MB)")
+    size.add_argument("--shard-samples", type=int, help="clips per shard (instead of --shard-size)")
+    p.add_argument("--min-duration", type=float, default=0.1,
+                   help="seconds; shorter clips are rejected (default: %(default)s s)")
     p.add_argument("--max-duration", type=float, default=60.0,
-                   help="seconds; longer clips are rejected before they are decoded past this length")
-    p.add_argument("--max-reject-fraction", type=float, default=0.05, help="exit non-zero above this")
+                   help="seconds; longer clips are rejected before they are decoded past this length "
+                        "(default: %(default)s s)")
+    p.add_argument("--max-reject-fraction", type=float, default=0.05,
+                   help="fraction of the inputs (0–1) that may be rejected; above it the build "
+                        "exits non-zero (default: %(default)s)")
     p.add_argument("--shuffle", action="store_true", help="shuffle the inputs (with --seed) before sharding")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--part", type=int, default=0, help="build only slice I of --num-parts (inputs I, I+N, ...)")
-    p.add_argument("--num-parts", type=int, default=1)
-    p.add_argument("--weight-offset", type=float, default=0.01, help="PSLA weight 1000/(count+offset); PaSST: 100")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="seed of --shuffle (default: %(default)s)")
+    p.add_argument("--part", type=int, default=0, metavar="I",
+                   help="build only slice I of --num-parts (inputs I, I+N, ...; default: %(default)s)")
+    p.add_argument("--num-parts", type=int, default=1, metavar="N",
+                   help="slices N of the inputs, one build each, e.g. a Slurm array's tasks (default: %(default)s)")
+    p.add_argument("--weight-offset", type=float, default=0.01,
+                   help="PSLA sample weight 1000 / (class count + offset); PaSST: 100 "
+                        "(default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     url = a.out.rstrip("/") if is_url(a.out) else None
     out = Path(a.out) if url is None else \

@@ -48,11 +48,14 @@ def launch(config: str, overrides: list[str], processes: int) -> None:
 
 def build_data(clips: int, eval_clips: int) -> None:
     if not (DATA / "eval.json").exists():
+        print(f"\n== data: the synthetic world ({clips} training clips, {eval_clips} eval clips) into {DATA}",
+              flush=True)
         sh(sys.executable, "-m", "tools.make_synthetic", "--out", str(DATA), "--clips", str(clips),
            "--eval-clips", str(eval_clips))
     for split in SPLITS:
         out = Path(f"shards/demo_{split}")
         if not (out / "dataset.json").exists():
+            print(f"\n== shards: {out}, built from {DATA / split}.json and verified", flush=True)
             sh(sys.executable, "-m", "tools.build_shards", str(DATA / f"{split}.json"), "--out", str(out),
                "--labels", str(DATA / "class_labels_indices.csv"), "--shard-samples", "200", "--no-progress")
             sh(sys.executable, "-m", "tools.verify_shards", str(out))
@@ -138,19 +141,31 @@ def plot(stats: dict, seeds: list[int], out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--table", choices=sorted(TABLES), default="quick")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--processes", type=int, default=2, help="Accelerate processes (gloo on CPU)")
-    p.add_argument("--clips", type=int, default=1200, help="clips of the large (unbalanced) split")
-    p.add_argument("--eval-clips", type=int, default=300)
+    p.add_argument("--table", choices=sorted(TABLES), default="quick",
+                   help="quick: teacher, weak-10s, PSL-2s; full: all eight rows (default: %(default)s)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="train every row once per seed; the table shows mean ± half the range (default: 0)")
+    p.add_argument("--processes", type=int, default=2,
+                   help="Accelerate processes (gloo on CPU; default: %(default)s)")
+    p.add_argument("--clips", type=int, default=1200,
+                   help="clips of the large (unbalanced) split (default: %(default)s)")
+    p.add_argument("--eval-clips", type=int, default=300, help="clips of the eval split (default: %(default)s)")
     args = p.parse_args(argv)
+    names, titles = TABLES[args.table], dict(ROWS)
+    print(f"Demo ({args.table} table): {', '.join(titles[n] for n in names)}; seed(s) "
+          f"{', '.join(map(str, args.seeds))}; {args.processes} CPU processes.\nData in {DATA}/, shards in shards/, "
+          f"runs in runs/; what exists is reused.", flush=True)
     build_data(args.clips, args.eval_clips)
-    names = TABLES[args.table]
+    done, total = 0, len(args.seeds) * len(names)
     for seed in args.seeds:
         for name in names:
+            done += 1
+            header = f"[{done}/{total}] {titles[name]}, seed {seed}: runs/{name}_seed{seed}"
             if (Path("runs") / f"{name}_seed{seed}" / "summary.json").exists():
-                print(f"runs/{name}_seed{seed} is complete: reused (delete it to train again)")
+                print(f"{header} is complete: reused (delete it to train again)")
                 continue
+            print(f"\n== {header} (configs/{name}.yaml; a progress bar per epoch, then a line of its metrics)",
+                  flush=True)
             overrides = [f"run.name={name}_seed{seed}", f"run.seed={seed}"]
             if (Path("runs") / f"{name}_seed{seed}").exists():  # an interrupted run: continue it
                 overrides.append("run.resume=true")
@@ -161,6 +176,11 @@ def main(argv: list[str] | None = None) -> None:
     Path("runs/demo_table.md").write_text(text + "\n")
     plot(stats, args.seeds, Path("runs/demo_table.png"))
     print("\n" + text + "\n\n(runs/demo_table.md, runs/demo_table.png)")
+    print(f"\nHow to read it: mAP and d′ on the {args.eval_clips} eval clips, higher is better. Clip scores use the\n"
+          "clips' weak labels (the paper's metrics): whole clip, and max / mean over chunks of the row's training\n"
+          "length; 2 s chunk mAP uses the true labels of every 2 s chunk, what pseudo strong labels are for. The\n"
+          "budget columns say how much training each row got. The paper's claim to look for: PSL-2s above weak-10s.\n"
+          "Results over three seeds and what they show: docs/psl.md.")
 
 
 if __name__ == "__main__":

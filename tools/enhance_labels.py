@@ -306,7 +306,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="the new dataset directory shards/NAME (new or empty)")
     p.add_argument("--ontology", action="store_true", help="add every missing ancestor of each label")
     p.add_argument("--model", type=Path, metavar="RUN", help="a trained run directory whose predictions add labels")
-    p.add_argument("--weights", choices=("best", "wa"), default="best", help="the run's best or weight-averaged model")
+    p.add_argument("--weights", choices=("best", "wa"), default="best",
+                   help="the run's best or weight-averaged model (default: %(default)s)")
     p.add_argument("--percentile", type=_percentile, metavar="P",
                    help="per class, add where the score reaches the P-th percentile of the labelled clips' scores "
                         "(PSLA: 5, 10, 25, 50, or mean)")

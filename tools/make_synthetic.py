@@ -603,25 +603,31 @@ def make_synthetic(out: str | Path, clips: int = 1200, eval_clips: int = 300, cl
 
 def main(argv: Iterable[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.make_synthetic", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--clips", type=int, default=1200, help="clips of the unbalanced (large) training split")
+    p.add_argument("--out", type=Path, required=True, help="output directory (audio, split JSONs, labels)")
+    p.add_argument("--clips", type=int, default=1200,
+                   help="clips of the unbalanced (large) training split (default: %(default)s)")
     p.add_argument("--valid-clips", type=int, default=None, help="held-out clips (default: a tenth of --clips)")
-    p.add_argument("--eval-clips", type=int, default=300)
-    p.add_argument("--classes", type=int, default=10)
-    p.add_argument("--balanced-per-class", type=int, default=20, help="clips per class in the balanced subset")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes rendering clips")
+    p.add_argument("--eval-clips", type=int, default=300, help="clips of the eval split (default: %(default)s)")
+    p.add_argument("--classes", type=int, default=10, help="classes (default: %(default)s)")
+    p.add_argument("--balanced-per-class", type=int, default=20,
+                   help="clips per class in the balanced subset (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the whole world (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="processes rendering clips (default: %(default)s, this machine's cores)")
     p.add_argument("--world", choices=WORLDS, default="clean",
-                   help="clean: every label true; audioset-like: AudioSet's hierarchy and label errors")
+                   help="clean: every label true; audioset-like: AudioSet's hierarchy and label errors "
+                        "(default: %(default)s)")
     g = p.add_argument_group("audioset-like world")
     g.add_argument("--missing", choices=list(MISSING_SCALES), default=Errors.missing,
-                   help="missing weak labels at 0, half or all of the AudioSet-measured rates")
+                   help="missing weak labels at 0, half or all of the AudioSet-measured rates (default: %(default)s)")
     g.add_argument("--unnominated-rate", type=float, default=Errors.unnominated_rate,
-                   help="missing rate added to every class (labels never proposed to the annotators)")
+                   help="missing rate added to every class (labels never proposed to the annotators; "
+                        "default: %(default)s)")
     g.add_argument("--spurious-rate", type=float, default=Errors.spurious_rate,
-                   help="fraction of clips with one label of a class they do not have")
+                   help="fraction of clips with one label of a class they do not have (default: %(default)s)")
     g.add_argument("--long-tail", type=float, default=Errors.long_tail,
-                   help="α: the large split's leaf classes take clips in proportion to rank^-α (0: no tail)")
+                   help="α: the large split's leaf classes take clips in proportion to rank^-α (0: no tail; "
+                        "default: %(default)s)")
     g.add_argument("--teacher-ratio", type=float, default=None,
                    help="size the large split to this many clips per balanced-subset clip (default: --clips)")
     a = p.parse_args(argv)

@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--platform", required=True, help="the target's wheel platform, e.g. manylinux_2_28_x86_64")
     ap.add_argument("--have", type=Path, required=True, help="pip list --format=freeze output of the target")
     ap.add_argument("--out", type=Path, required=True, help="folder for the wheels")
-    ap.add_argument("--cuda", choices=("13", "12"), default="13", help="torch's CUDA major there (the DALI build)")
+    ap.add_argument("--cuda", choices=("13", "12"), default="13",
+                    help="torch's CUDA major there (the DALI build; default: %(default)s)")
     ap.add_argument("--dev", action="store_true", help="also pytest and pytest-timeout")
     ap.add_argument("--list", type=Path, default=None, help="write 'wheel size' lines here")
     a = ap.parse_args(argv)

@@ -70,9 +70,10 @@ def shard_stats(dataset_dir: str | Path, max_samples: int = 2000) -> dict:
 
 def main(argv: Iterable[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.shard_stats", description=__doc__.split("\n\n")[0])
-    p.add_argument("dataset", type=Path)
-    p.add_argument("--max-samples", type=int, default=2000, help="clips used for the fbank mean/std")
-    p.add_argument("--top", type=int, default=20, help="classes shown in the histogram")
+    p.add_argument("dataset", type=Path, help="a directory built by tools.build_shards")
+    p.add_argument("--max-samples", type=int, default=2000,
+                   help="clips used for the fbank mean/std (default: %(default)s)")
+    p.add_argument("--top", type=int, default=20, help="classes shown in the histogram (default: %(default)s)")
     a = p.parse_args(argv)
     try:
         s = shard_stats(a.dataset, a.max_samples)

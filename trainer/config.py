@@ -224,16 +224,22 @@ def _validate(cfg: Config, check_paths: bool) -> None:
                 Chunking.of(frontend, seconds, hop)
         except ValueError as e:
             raise ConfigError(f"{key}: {e}") from None
-    if check_paths:
-        for split in ("train", "valid", "eval"):
-            for i, spec in enumerate(getattr(cfg.data, split)):
-                if not spec_exists(spec):
-                    raise ConfigError(f"data.{split}[{i}]: {spec} does not exist (build it with tools.build_shards)")
-        teachers = teacher_members(cfg.psl.teacher) if cfg.psl.teacher else []
-        for key, p in teachers + [("psl.oracle", cfg.psl.oracle), ("model.init", cfg.model.init),
-                                  ("model.pretrained_file", cfg.model.pretrained_file),
-                                  ("evaluation.strong_labels", cfg.evaluation.strong_labels),
-                                  ("data.eval_ids", cfg.data.eval_ids)]:
-            if p is not None and not Path(p).exists():
-                raise ConfigError(f"{key}: {p} does not exist")
+    missing = missing_paths(cfg) if check_paths else []
+    if missing:
+        raise ConfigError(missing[0])
+
+
+def missing_paths(cfg: Config) -> list[str]:
+    """One line per dataset, teacher or file the config names that does not exist, naming its dotted key."""
+    missing = [f"data.{split}[{i}]: {spec} does not exist (build it with tools.build_shards)"
+               for split in ("train", "valid", "eval") for i, spec in enumerate(getattr(cfg.data, split))
+               if not spec_exists(spec)]
+    teachers = teacher_members(cfg.psl.teacher) if cfg.psl.teacher else []
+    for key, p in teachers + [("psl.oracle", cfg.psl.oracle), ("model.init", cfg.model.init),
+                              ("model.pretrained_file", cfg.model.pretrained_file),
+                              ("evaluation.strong_labels", cfg.evaluation.strong_labels),
+                              ("data.eval_ids", cfg.data.eval_ids)]:
+        if p is not None and not Path(p).exists():
+            missing.append(f"{key}: {p} does not exist")
+    return missing
 

@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run", help="a finished run directory (config.yaml, models/)")
     p.add_argument("--out", required=True, help="the ONNX file to write; the other files go beside it")
     p.add_argument("--weights", choices=("best", "wa"), default="best",
-                   help="best single epoch or the weight-averaged model")
+                   help="best single epoch or the weight-averaged model (default: %(default)s)")
     args = p.parse_args(argv)
     try:
         paths = export(args.run, args.out, args.weights)

@@ -60,11 +60,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m trainer.predict", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="run directory (holds config.yaml, models/) or export directory")
     p.add_argument("--weights", choices=("best", "wa"), default="best",
-                   help="best single epoch or the weight-averaged model")
-    p.add_argument("--top-k", type=int, default=5, help="labels shown per file and per chunk")
-    p.add_argument("--chunk-seconds", type=float, default=2.0, help="timeline chunk length, seconds (default 2)")
+                   help="best single epoch or the weight-averaged model (default: %(default)s)")
+    p.add_argument("--top-k", type=int, default=5, help="labels shown per file and per chunk (default: %(default)s)")
+    p.add_argument("--chunk-seconds", type=float, default=2.0,
+                   help="timeline chunk length in seconds (default: %(default)s s)")
     p.add_argument("--max-seconds", type=float, default=MAX_SECONDS,
-                   help=f"longest file tagged, seconds (default {MAX_SECONDS:g}); a longer one is listed as an error")
+                   help="longest file tagged, in seconds; a longer one is listed as an error (default: %(default)g s)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("--dataset", help="tag every clip of this built dataset (a directory or a shard pattern)")
     p.add_argument("--out", help="with --dataset: a new (or empty) directory for the .npy files")

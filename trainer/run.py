@@ -1,6 +1,7 @@
 """Train an audio tagger with the PSLA recipe, optionally from inline pseudo strong labels.
 
     accelerate launch trainer/run.py configs/full_as.yaml [dotted.key=value ...]
+    python trainer/run.py configs/full_as.yaml [dotted.key=value ...] --check    # validate only, train nothing
 
 The story: build the data streams, build the models, train epoch by epoch (checkpointing after each and
 evaluating every train.eval_every epochs), then write the best single model, the weight-averaged model and
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 from tqdm import tqdm
@@ -26,7 +28,7 @@ from trainer import results
 from trainer.averaging import average_state_dicts
 from trainer.checkpointing import CheckpointUnreadable, SaveFailed, copy_weights, find_checkpoints, load_checkpoint, \
     save_checkpoint, save_weights, weights_path
-from trainer.config import Config, ConfigError, load_config
+from trainer.config import Config, ConfigError, load_config, missing_paths
 from trainer.cpu_tuning import configure_cpu
 from trainer.devices import DeviceError, resolve_device
 from trainer.data.chunks import Chunking
@@ -35,7 +37,7 @@ from trainer.data.datasets import SplitError, Splits, resolve_splits
 from trainer.data.eval_ids import MISSING_IDS, EvalIdsError, EvalSelection
 from trainer.data.features import FrontEnd, build_frontend
 from trainer.data.manifest import VOCABULARY, Vocabulary
-from trainer.data.remote import RemoteError
+from trainer.data.remote import RemoteError, is_url
 from trainer.data.seeding import STEP, torch_seed
 from trainer.data.streams import EvalStream, TrainStream, check_gpu_frontend
 from trainer.data.strong_labels import load_strong_labels
@@ -58,11 +60,56 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("config", help="YAML config, e.g. configs/demo.yaml")
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. optim.lr=1e-4")
+    p.add_argument("--check", action="store_true",
+                   help="validate the config and overrides, print the batch plan and the resolved config, and exit "
+                        "without training or touching the run directory (datasets not built yet are notes)")
     return p.parse_args(argv)
+
+
+def _plan(batch_size: int, world: int, accumulation: int) -> str:
+    return (f"{batch_size} clips per process and step × {world} × {accumulation} accumulation = "
+            f"{batch_size * world * accumulation} clips per optimizer step")
+
+
+def check(path: str, overrides: list[str]) -> Config:
+    """``--check``: the config validated as a run validates it, its batch plan on this launch's processes
+    (WORLD_SIZE, 1 without a launcher) and the resolved config, printed by rank 0. Datasets and files that do not
+    exist yet (shards built later) are listed as notes, not errors; when they all exist (and none is at a URL: it
+    reads nothing over the network) the splits are resolved and the datasets' normalisation stats filled in, as the
+    run would."""
+    cfg = load_config(path, overrides, check_paths=False)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    try:
+        batch_size, accumulation = cfg.data.batch_plan(world)
+    except ValueError as e:
+        raise ConfigError(f"data.{e}") from None
+    if cfg.data.global_batch_size is None:
+        accumulation = cfg.optim.grad_accum
+    lines = [f"{path}: valid", f"{world} process{'es' if world > 1 else ''}: {_plan(batch_size, world, accumulation)}"]
+    missing = missing_paths(cfg)
+    lines += [f"note: {m}" for m in missing]
+    urls = [spec for split in (cfg.data.train, cfg.data.valid, cfg.data.eval) for spec in split if is_url(spec)]
+    if urls:  # --check reads nothing over the network
+        lines.append(f"note: {len(urls)} dataset(s) at a URL, reached when the run starts: {', '.join(urls)}")
+    if not missing and not urls:
+        try:
+            data = resolve_splits(cfg.data)
+        except SplitError as e:
+            raise ConfigError(str(e)) from None
+        cfg.features = data.feature_config(cfg.features)
+        lines.append(f"data: {len(data.train)} train, {len(data.valid)} valid, {len(data.eval)} eval clips; "
+                     f"{len(data.vocab)} classes")
+        lines += [f"warning: {w}" for w in data.warnings]
+    lines += [f"run directory: {cfg.run_dir}", "resolved config:", yaml.safe_dump(cfg.to_dict(), sort_keys=False)]
+    if int(os.environ.get("RANK", "0")) == 0:
+        print("\n".join(lines), flush=True)
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.check:
+        return check(args.config, args.overrides).to_dict()
     cfg = load_config(args.config, args.overrides)
     try:  # before any work: an empty split or a dataset listed twice stops here, not at the first evaluation
         data = resolve_splits(cfg.data)
@@ -104,9 +151,8 @@ def _run(cfg: Config, accelerator: Accelerator, data: Splits) -> dict:
     if accelerator.device.type == "cpu":
         configure_cpu(int(os.environ.get("LOCAL_WORLD_SIZE", world)), cfg.train.cpu_threads)
     log = accelerator.print
-    log(f"{world} process{'es' if world > 1 else ''} on {accelerator.device}: {batch_size} clips per process and "
-        f"step × {world} × {accelerator.gradient_accumulation_steps} accumulation = "
-        f"{batch_size * world * accelerator.gradient_accumulation_steps} clips per optimizer step")
+    log(f"{world} process{'es' if world > 1 else ''} on {accelerator.device}: "
+        f"{_plan(batch_size, world, accelerator.gradient_accumulation_steps)}")
     checkpoints = find_checkpoints(cfg.run.resume, run_dir, log)  # newest first; unreadable ones named and left out
     checkpoint = checkpoints[0][0] if checkpoints else None
     if checkpoint is not None:  # a resumed run repeats the interrupted one: it keeps that run's seed

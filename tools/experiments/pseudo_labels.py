@@ -32,8 +32,10 @@ from trainer.runs import build_teacher
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("teacher", help="a finished run directory")
-    p.add_argument("--split", default="balanced")
-    p.add_argument("--draws", type=int, default=3, help="random masks per clip for the masked rows")
+    p.add_argument("--split", default="balanced",
+                   help="the demo split whose clips are labelled, shards/demo_SPLIT (default: %(default)s)")
+    p.add_argument("--draws", type=int, default=3,
+                   help="random masks per clip for the masked rows (default: %(default)s)")
     a = p.parse_args(argv)
     cfg = load_config(f"{a.teacher}/config.yaml", [f"data.train=[shards/demo_{a.split}]", f"data.eval=[]",
                                                    "data.valid=[shards/demo_valid]"], check_paths=False)
