@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import Config
-from trainer.data.datasets import split_spec
+from trainer.data.datasets import split_local_spec
 from trainer.data.features import KaldiFbank, build_frontend
 from trainer.data.manifest import DATASET_INFO, VOCABULARY, Vocabulary
 from trainer.settings import teacher_members
@@ -82,7 +82,7 @@ def model_card(run_dir: str | Path, cfg: Config, vocab: Vocabulary, weights: str
 def _datasets(cfg: Config) -> list[str]:
     out = []
     for spec in cfg.data.train:
-        root, selected = split_spec(spec)
+        root, selected = split_local_spec(spec)
         info_path = root / DATASET_INFO
         info = json.loads(info_path.read_text()) if info_path.is_file() else {}
         what = f"{info['num_written']} clips, {info.get('total_hours', 0):.3g} h" if "num_written" in info \
@@ -96,7 +96,7 @@ def _label_source(cfg: Config) -> str:
     weak = "the clips' weak (clip-level) labels from the dataset manifest"
     enhanced = []
     for spec in cfg.data.train:
-        info_path = split_spec(spec)[0] / DATASET_INFO
+        info_path = split_local_spec(spec)[0] / DATASET_INFO
         info = json.loads(info_path.read_text()) if info_path.is_file() else {}
         enhanced += [", ".join(step.get("steps", [])) for step in info.get("enhancements", [])]
     if enhanced:

@@ -64,7 +64,7 @@ def broken_link(path: Path) -> str:
     return ""
 
 
-def split_spec(spec: str) -> tuple[Path, set[str] | None]:
+def split_local_spec(spec: str) -> tuple[Path, set[str] | None]:
     """(dataset directory, selected shard names or None for all): a directory, one ``x.tar`` or a
     brace pattern of shards."""
     if "{" not in spec and not spec.endswith(".tar"):
@@ -82,7 +82,7 @@ def spec_exists(spec: str) -> bool:
     if is_url(spec):
         return True
     try:
-        return split_spec(spec)[0].is_dir()
+        return split_local_spec(spec)[0].is_dir()
     except ValueError:
         return False
 
@@ -97,7 +97,7 @@ def load_records(spec: str, remote: RemoteSettings = RemoteSettings()) -> tuple[
         stores = Stores(remote)
         root = fetch_dataset(url, stores)
     else:
-        root, selected = split_spec(spec)
+        root, selected = split_local_spec(spec)
         if not root.is_dir():
             raise FileNotFoundError(f"{spec}: dataset directory {root} does not exist")
     vocab = Vocabulary.load(root / VOCABULARY)
@@ -201,7 +201,7 @@ def _check_distinct(key: str, specs: Sequence[str]) -> None:
     resolved, links followed): each of their clips would count twice."""
     seen: list[tuple[Path, set[str] | None]] = []
     for i, spec in enumerate(specs):
-        root, selected = split_spec(spec)
+        root, selected = split_local_spec(spec)
         for j, (other, other_selected) in enumerate(seen):
             if root == other and (selected is None or other_selected is None or selected & other_selected):
                 raise SplitError(f"{key}[{i}]: {spec} lists shards of {root} that {key}[{j}] ({specs[j]}) already "
