@@ -70,3 +70,12 @@ def make_dataset(root: Path, n: int = 24, num_shards: int = 3, num_classes: int 
                ).save(root / "class_labels_indices.csv")
     (root / "dataset.json").write_text(json.dumps({"feature_stats": {"kaldi_fbank": {"mean": -5.0, "std": 4.0}}}))
     return records
+
+
+def write_stereo_tone(path: Path, rng: np.random.Generator, seconds: float = 3.0, rate: int = 44100) -> Path:
+    """A float WAV at 44.1 kHz, two channels (a 440 Hz tone and noise): what predict and the tagger mix down and
+    resample as the builder does."""
+    t = np.arange(int(rate * seconds)) / rate
+    stereo = np.stack([0.3 * np.sin(2 * np.pi * 440 * t), 0.1 * rng.standard_normal(t.size)], axis=1)
+    sf.write(path, stereo.astype(np.float32), rate, subtype="FLOAT")
+    return path

@@ -11,12 +11,13 @@ import pytest
 import soundfile as sf
 import torch
 
+from tests.shardkit import write_stereo_tone
 from trainer.config import Config
+from trainer.data.audio import AudioError
 from trainer.data.manifest import VOCABULARY, Vocabulary
 from trainer.data.settings import DataConfig, FeatureConfig
 from trainer.models import build_model
 from trainer.models.settings import ModelConfig
-from trainer.data.audio import AudioError
 from trainer.predict import main
 from trainer.tagger import Tagger
 
@@ -47,9 +48,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def audio(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("audio")
     rng = np.random.default_rng(0)
-    t = np.arange(44100 * 3) / 44100
-    stereo = np.stack([0.3 * np.sin(2 * np.pi * 440 * t), 0.1 * rng.standard_normal(t.size)], axis=1)
-    sf.write(d / "tone.wav", stereo.astype(np.float32), 44100, subtype="FLOAT")
+    write_stereo_tone(d / "tone.wav", rng)
     long = np.clip(0.2 * rng.standard_normal(16000 * 12), -1, 1)
     sf.write(d / "long.flac", long, 16000, subtype="PCM_16")
     sf.write(d / "long.wav", long, 16000, subtype="PCM_16")  # the same samples in another container

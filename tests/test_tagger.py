@@ -13,6 +13,7 @@ import soundfile as sf
 import torch
 
 from runkit import launch
+from tests.shardkit import write_stereo_tone
 from trainer.data.audio import SAMPLE_RATE, AudioError, load_audio
 from trainer.data.datasets import load_records
 from trainer.data.features import build_frontend
@@ -31,9 +32,7 @@ def tagger(two_process_run: Path) -> Tagger:
 def audio(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("tagger_audio")
     rng = np.random.default_rng(1)
-    t = np.arange(44100 * 3) / 44100
-    stereo = np.stack([0.3 * np.sin(2 * np.pi * 440 * t), 0.1 * rng.standard_normal(t.size)], axis=1)
-    sf.write(d / "tone.wav", stereo.astype(np.float32), 44100, subtype="FLOAT")
+    write_stereo_tone(d / "tone.wav", rng)
     chirp = 0.4 * np.sin(2 * np.pi * (200 + 300 * np.arange(16000 * 10) / 16000) * np.arange(16000 * 10) / 16000)
     sf.write(d / "long.flac", chirp + 0.05 * rng.standard_normal(chirp.size), 16000, subtype="PCM_16")
     return {"tone": d / "tone.wav", "long": d / "long.flac"}
