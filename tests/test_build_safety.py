@@ -19,6 +19,7 @@ import pytest
 import soundfile as sf
 
 import tools.build_shards as bs
+from runkit import REPO, repo_pythonpath
 from tools.shard_writer import read_index
 from tools.sources import DUPLICATE_KEY, LOW_RATE, TOO_LONG
 from tools.verify_shards import main as verify_main
@@ -26,8 +27,7 @@ from trainer.data.audio import (MIN_SOURCE_RATE, AudioTooLong, SampleRateTooLow,
 from trainer.data.locks import LockHeld, hold_lock
 from trainer.data.manifest import Vocabulary, read_manifest
 
-REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+ENV = {**os.environ, "PYTHONPATH": repo_pythonpath(os.environ)}
 
 
 def _wait(pred, timeout: float, what: str) -> None:

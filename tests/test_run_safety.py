@@ -17,7 +17,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from runkit import REPO, launch, tiny_config
+from runkit import REPO, launch, repo_pythonpath, tiny_config
 from test_faults import _tree
 from trainer.checkpointing import CheckpointUnreadable, find_checkpoints, load_checkpoint, save_checkpoint
 from trainer.data.corrupt import CorruptLog, seal
@@ -87,7 +87,7 @@ def _hold_lock(runs: Path, name: str) -> subprocess.Popen:
     code = ("import sys, time; from trainer.faults import claim_run_dir; "
             "lock = claim_run_dir(sys.argv[1], sys.argv[2], False, False); print('held', flush=True); time.sleep(600)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(runs), name], cwd=REPO, stdout=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+                            env=dict(os.environ, PYTHONPATH=repo_pythonpath(os.environ)))
     assert proc.stdout.readline().strip() == "held"
     return proc
 
