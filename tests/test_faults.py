@@ -14,7 +14,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from runkit import REPO, launch, tiny_config
+from runkit import REPO, launch, repo_pythonpath, tiny_config
 from test_run import _step_losses
 from tools.launch import cpu_launch
 from trainer.checkpointing import SaveFailed, find_checkpoints, load_checkpoint, save_checkpoint, save_weights
@@ -78,7 +78,7 @@ def test_corrupt_clip_skipped_then_sigterm_and_a_resumed_run_repeats_the_losses(
     assert [r["key"] for r in rows] == [key] and rows[0]["epoch"] == 1 and rows[0]["step"] == 1
 
     cmd, env = cpu_launch("trainer/run.py", [str(config), "run.name=cut"], 2)
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=repo_pythonpath(env))
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     steps, deadline = tmp_path / "runs" / "cut" / "steps.csv", time.monotonic() + 300

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import timm
@@ -12,12 +11,11 @@ import torch
 from safetensors.torch import save_file
 from torchvision.models import mobilenet_v2
 
+from runkit import REPO, repo_pythonpath
 from trainer.config import ConfigError, load_config
 from trainer.models import build_model
 from trainer.models.imagenet import PretrainedUnavailable
 from trainer.models.settings import ModelConfig
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _assert_starts_from(backbone: dict[str, torch.Tensor], imagenet: dict[str, torch.Tensor], stem: str,
@@ -80,7 +78,7 @@ for name in ("efficientnet_b0", "mobilenetv2"):
 def test_offline_download_failure_says_how_to_use_a_local_copy(tmp_path):
     """No network: the hub is offline and every HTTP(S) request goes to a closed port, with empty caches."""
     closed = "http://127.0.0.1:9"
-    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"),
+    env = dict(os.environ, PYTHONPATH=repo_pythonpath(os.environ), HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"),
                HF_HUB_CACHE=str(tmp_path / "hf" / "hub"), TORCH_HOME=str(tmp_path / "torch"), HTTP_PROXY=closed,
                HTTPS_PROXY=closed, http_proxy=closed, https_proxy=closed, NO_PROXY="", no_proxy="")
     proc = subprocess.run([sys.executable, "-c", OFFLINE], cwd=REPO, env=env, capture_output=True, text=True,
