@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
 
+from conftest import CLASSES
 from trainer import results
 from trainer.config import load_config
 from trainer.data.chunks import Chunking, chunk_count, split_chunks
@@ -184,18 +186,32 @@ def test_optimizer_steps_from_the_step_log(tmp_path):
     assert results.optimizer_steps(log, 2) == 3 + 3 + 1
 
 
-def test_demo_table_states_both_clip_scores_and_each_rows_budget(built_shards, synthetic_dir, tmp_path, monkeypatch):
-    """The demo's table from two finished rows: whole-clip, max and mean clip mAP, optimizer steps, epochs, and
-    the passes over the row's own chunks (1 s chunks of 4 s clips, one per draw: a quarter of a clip pass)."""
+def test_demo_table_states_both_clip_scores_both_label_sets_and_each_rows_budget(built_shards, synthetic_dir, tmp_path,
+                                                                                 monkeypatch):
+    """The demo's table from two finished rows: whole-clip, max and mean clip mAP, against the eval labels and
+    (rescored from the saved predictions) the true labels of the same clips, optimizer steps, epochs, and the
+    passes over the row's own chunks (1 s chunks of 4 s clips, one per draw: a quarter of a clip pass)."""
     from runkit import tiny_config
     from tools import demo
     from trainer.data.datasets import resolve_splits
+    from trainer.data.manifest import Vocabulary, read_manifest
+    from trainer.metrics import tagging_metrics
 
     monkeypatch.chdir(tmp_path)
+    truth = demo.World().shards("eval_clean")  # the true labels: here the eval shards themselves
+    truth.parent.mkdir()
+    truth.symlink_to(built_shards["eval"])
+    eval_table = read_manifest(truth)
+    keys = [eval_table.key(i) for i in range(len(eval_table))][::-1]  # any order
+    targets = eval_table.multi_hot(list(range(len(eval_table)))[::-1], CLASSES)
+    probs = np.random.default_rng(0).random(targets.shape).astype(np.float32)
+    expected = tagging_metrics(probs, targets, list(Vocabulary.load(truth / "class_labels_indices.csv").names))["mAP"]
     rows = {"demo_weak_10s": {}, "demo_psl_2s": {"chunk_seconds": 1.0, "chunks_per_clip": 1}}
     for i, (name, psl) in enumerate(rows.items()):
         run = tmp_path / "runs" / f"{name}_seed0"
-        run.mkdir(parents=True)
+        (run / "predictions").mkdir(parents=True)
+        for file in ("eval_best.npz", "eval_best_chunk_max.npz", "eval_best_chunk_mean.npz"):
+            np.savez(run / "predictions" / file, keys=np.array(keys), probs=probs)
         config = tiny_config(tmp_path / f"{name}.yaml", built_shards, synthetic_dir, tmp_path / "runs", psl=psl,
                              data={"batch_size": None, "global_batch_size": 8})
         load_config(config).save(run / "config.yaml")
@@ -207,10 +223,30 @@ def test_demo_table_states_both_clip_scores_and_each_rows_budget(built_shards, s
     clips = len(resolve_splits(load_config(tmp_path / "demo_psl_2s.yaml").data).train)
     text, stats = demo.table(list(rows), [0])
     lines = text.splitlines()
-    assert "max over chunks" in lines[0] and "optimizer steps" in lines[0] and "passes over its chunks" in lines[0]
-    assert lines[2] == f"| weak-10s | 0.500 | 0.700 (4 s) | 0.400 (4 s) | 1.000 | 0.300 | 30 | 3 | {30 * 8 / clips:.1f} |"
-    assert lines[3] == f"| PSL-2s | 0.600 | 0.700 (1 s) | 0.400 (1 s) | 1.000 | 0.300 | 30 | 3 | {30 * 8 / (4 * clips):.1f} |"
-    assert stats["demo_psl_2s"]["max"] == (0.7, 0.0)
+    assert "max over chunks (AudioSet-like / true eval labels)" in lines[0] and "optimizer steps" in lines[0]
+    assert "passes over its chunks" in lines[0]
+    t = f"{expected:.3f}"
+    assert lines[2] == (f"| weak-10s | 0.500 / {t} | 0.700 / {t} (4 s) | 0.400 / {t} (4 s) | 1.000 | 0.300 | 30 | 3 | "
+                        f"{30 * 8 / clips:.1f} |")
+    assert lines[3] == (f"| PSL-2s | 0.600 / {t} | 0.700 / {t} (1 s) | 0.400 / {t} (1 s) | 1.000 | 0.300 | 30 | 3 | "
+                        f"{30 * 8 / (4 * clips):.1f} |")
+    assert stats["demo_psl_2s"]["max"] == (0.7, 0.0) and stats["demo_psl_2s"]["true_max"] == (expected, 0.0)
+
+
+def test_demo_worlds_keep_their_data_shards_and_runs_apart():
+    from tools.demo import World
+
+    default, none, clean = World(), World(missing="0"), World(kind="clean")
+    assert (default.data, default.shards("eval"), default.runs) == (Path("data/demo"), Path("shards/demo_eval"),
+                                                                   Path("runs"))
+    assert default.overrides("demo_psl_2s") == []  # the configs' own paths
+    assert none.shards("eval_clean") == Path("shards/demo_missing-0_eval_clean") and "eval_clean" in none.splits
+    assert "eval_clean" not in clean.splits and clean.generate(10, 5)[-2:] == ["--world", "clean"]
+    assert none.generate(10, 5)[-2:] == ["--missing", "0"]
+    teacher, oracle = none.overrides("demo"), none.overrides("demo_oracle_2s")
+    assert "data.train=[shards/demo_missing-0_unbalanced]" in teacher and "run.dir=runs/demo_missing-0" in teacher
+    assert "psl.oracle=data/demo_missing-0/balanced_strong.tsv" in oracle
+    assert "data.valid=[shards/demo_missing-0_balanced]" in oracle
 
 
 def test_a_run_with_one_chunk_per_clip_counts_its_epoch_in_chunks(built_shards, synthetic_dir, tmp_path):
