@@ -64,6 +64,8 @@ def kaldi_ref(wave, remove_dc=True, frames=250):
 def test_dims():
     assert FRONTENDS["kaldi_fbank"].frames_per_second == FRONTENDS["mel64"].frames_per_second == 100
     assert (FRONTENDS["kaldi_fbank"].num_mels, FRONTENDS["mel64"].num_mels) == (128, 64)
+    mini = build_frontend(FeatureConfig(frontend="mini_mel32"))  # the demo's miniature: a quarter of the features
+    assert (mini.num_mels, mini.frames_per_second, mini.num_frames, mini.frames(2.0)) == (32, 50, 501, 100)
 
 
 def test_kaldi_fbank_parity(dataset):
@@ -92,17 +94,18 @@ def test_kaldi_padding_and_norm(dataset):
     assert torch.allclose(got[rec.key][:, 200:], torch.full((128, 856), 2.5))  # zero log-mel padding
 
 
-def test_mel64_parity(dataset):
-    got = ours(dataset, "mel64")
-    mel = torchaudio.transforms.MelSpectrogram(16000, n_fft=512, win_length=512, hop_length=160, n_mels=64)
+@pytest.mark.parametrize("name, mels, hop", [("mel64", 64, 160), ("mini_mel32", 32, 320)])
+def test_mel_parity(dataset, name, mels, hop):
+    got = ours(dataset, name)
+    mel = torchaudio.transforms.MelSpectrogram(16000, n_fft=512, win_length=512, hop_length=hop, n_mels=mels)
     to_db = torchaudio.transforms.AmplitudeToDB(top_db=120)
     diffs = []
     for rec in dataset:
         ref = to_db(mel(fit(decoded(rec), int(CLIP * 16000))[None]))[0]
-        assert got[rec.key].shape == ref.shape == (64, 201)
+        assert got[rec.key].shape == ref.shape == (mels, 1 + int(CLIP * 16000) // hop)
         diffs.append((got[rec.key] - ref).abs())
     d = torch.stack(diffs)
-    print(f"mel64: mean {d.mean():.2e} dB, max {d.max():.2e} dB")
+    print(f"{name}: mean {d.mean():.2e} dB, max {d.max():.2e} dB")
     assert d.mean() < 1e-4 and d.max() < 5e-3
 
 

@@ -13,7 +13,8 @@ per-frame DC removal; it moves mainly the lowest mel bins of near-silent frames,
 tests/test_features.py states the size of that difference.
 
 ``mel64`` (PSL/CED, :class:`Mel64`) reproduces ``MelSpectrogram(16000, n_fft=512, hop_length=160,
-n_mels=64)`` followed by ``AmplitudeToDB(top_db=120)``.
+n_mels=64)`` followed by ``AmplitudeToDB(top_db=120)``. ``mini_mel32`` (:class:`MiniMel32`) is its miniature for
+the CPU demo, ``n_mels=32, hop_length=320``: a quarter of the features, no recipe's front-end.
 
 Where each step runs: on a GPU, DALI decodes (and removes the mean) on the CPU and computes the
 spectrogram on the device (for mel64 also the mel and dB), and the torch tail the rest on the device.
@@ -36,7 +37,7 @@ import torch
 from trainer.data.audio import SAMPLE_RATE
 from trainer.data.settings import FeatureConfig
 
-HOP = 160  # 10 ms at 16 kHz, both front-ends
+HOP = 160  # 10 ms at 16 kHz: the recipes' front-ends
 _EPS = float(np.finfo(np.float32).eps)
 # Clips per step of the CPU tail: a whole batch's frames and spectra fall out of cache and past malloc's
 # mmap threshold (page faults on every batch); see benchmarks/NOTES.md, round 1.
@@ -250,18 +251,19 @@ class Mel64(FrontEnd):
 
     name: ClassVar[str] = "mel64"
     num_mels: ClassVar[int] = 64
+    hop: ClassVar[int] = HOP
 
     @classmethod
     def from_config(cls, cfg: FeatureConfig) -> "Mel64":
         for key in ("target_frames", "norm_mean", "norm_std"):
             if getattr(cfg, key) is not None:
-                raise ValueError(f"{key}: does not apply to the mel64 front-end (it keeps every frame of the clip "
+                raise ValueError(f"{key}: does not apply to the {cls.name} front-end (it keeps every frame of the clip "
                                  f"and is not normalised); remove it")
         return cls(clip_samples=_clip_samples(cfg))
 
     @property
     def num_frames(self) -> int:
-        return 1 + self.clip_samples // HOP  # centred frames
+        return 1 + self.clip_samples // self.hop  # centred frames
 
     def _decode_graph(self, flac: Any) -> tuple[Any, ...]:
         """The samples."""
@@ -276,10 +278,10 @@ class Mel64(FrontEnd):
         from nvidia.dali import fn, types
 
         audio, _ = fn.decoders.audio(flac, sample_rate=SAMPLE_RATE, downmix=True, dtype=types.FLOAT)
-        spec = fn.spectrogram(self._fit(audio).gpu(), nfft=512, window_length=512, window_step=HOP,
+        spec = fn.spectrogram(self._fit(audio).gpu(), nfft=512, window_length=512, window_step=self.hop,
                               center_windows=True, reflect_padding=True, window_fn=self.window("cpu").tolist(),
                               power=2)
-        mel = fn.mel_filter_bank(spec, sample_rate=SAMPLE_RATE, nfilter=64, freq_low=0.0, freq_high=SAMPLE_RATE / 2,
+        mel = fn.mel_filter_bank(spec, sample_rate=SAMPLE_RATE, nfilter=self.num_mels, freq_low=0.0, freq_high=SAMPLE_RATE / 2,
                                  mel_formula="htk", normalize=False)
         # to_decibels with a fixed reference: 10·log10(max(x, 1e-10)); DALI's default reference is the max
         db = fn.to_decibels(mel, multiplier=10.0, reference=1.0, cutoff_db=-100.0)
@@ -316,7 +318,7 @@ class Mel64(FrontEnd):
     def _power_spectrogram(self, wave: torch.Tensor) -> torch.Tensor:
         """As :meth:`KaldiFbank._power_spectrogram`, with torchaudio's centred, reflect-padded STFT."""
         window = self.window(wave.device) * 2.0 ** -15
-        spec = torch.stft(wave, 512, HOP, 512, window, center=True, pad_mode="reflect", return_complex=True)
+        spec = torch.stft(wave, 512, self.hop, 512, window, center=True, pad_mode="reflect", return_complex=True)
         power = spec.real.square()
         return power.addcmul_(spec.imag, spec.imag)
 
@@ -331,10 +333,21 @@ class Mel64(FrontEnd):
         """torchaudio's HTK filter bank, 0 Hz to Nyquist, not normalised."""
         from torchaudio.functional import melscale_fbanks
 
-        return melscale_fbanks(257, 0.0, SAMPLE_RATE / 2, 64, SAMPLE_RATE, None, "htk").T
+        return melscale_fbanks(257, 0.0, SAMPLE_RATE / 2, self.num_mels, SAMPLE_RATE, None, "htk").T
 
 
-FRONTENDS: dict[str, type[FrontEnd]] = {cls.name: cls for cls in (KaldiFbank, Mel64)}
+@dataclass(frozen=True)
+class MiniMel32(Mel64):
+    """mel64 in miniature: 32 bins, one frame per 20 ms, a quarter of the features, so that the demo's models
+    train about 4× faster on a CPU (benchmarks/NOTES.md). For the demo, not for a recipe."""
+
+    name: ClassVar[str] = "mini_mel32"
+    num_mels: ClassVar[int] = 32
+    hop: ClassVar[int] = 2 * HOP
+    frames_per_second: ClassVar[int] = SAMPLE_RATE // (2 * HOP)
+
+
+FRONTENDS: dict[str, type[FrontEnd]] = {cls.name: cls for cls in (KaldiFbank, Mel64, MiniMel32)}
 
 
 def build_frontend(cfg: FeatureConfig) -> FrontEnd:

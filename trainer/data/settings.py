@@ -117,7 +117,7 @@ class DataConfig:
 
 @dataclass
 class FeatureConfig:
-    frontend: Literal["kaldi_fbank", "mel64"] = "kaldi_fbank"
+    frontend: Literal["kaldi_fbank", "mel64", "mini_mel32"] = "kaldi_fbank"
     clip_seconds: float = 10.0  # waveforms are padded or cropped to this before features
     target_frames: Optional[int] = None  # kaldi_fbank only: pad/crop frames (PSLA 1056, AST 1024)
     norm_mean: Optional[float] = None  # kaldi_fbank only; None: the dataset's stats, else PSLA's -4.6476
