@@ -18,11 +18,17 @@ their clip's label). ``--missing`` scales the missing-label rates (0: none; the 
 ``--world clean`` is the control with every label true; each world has its own data, shards and runs. Finished
 runs are reused. Writes the table as markdown and a plot beside the runs (runs/demo_table.md for the default
 world).
+
+The default world's teachers are shipped (``teachers/demo_seed{S}``: weights, config, summary and eval
+predictions, with the commit and command that trained them), as PSL ships its teacher: training one to its plateau
+takes longer than the whole quick demo may. ``--train-teacher`` trains them here instead, and ``--ship-teachers``
+copies finished teacher runs into ``teachers/`` (the one command that regenerates them, see teachers/README.md).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -46,6 +52,10 @@ ROWS = [("demo", "teacher (unbalanced, weak 10 s)"), ("demo_weak_10s", "weak-10s
 TABLES = {"quick": ["demo", "demo_weak_10s", "demo_psl_2s"],
           "sweep": ["demo", "demo_weak_10s", "demo_psl_10s", "demo_psl_2s"], "full": [name for name, _ in ROWS]}
 TEACHERLESS = ("demo", "demo_weak_10s", "demo_weak_2s", "demo_oracle_2s")
+TEACHERS = Path("teachers")  # the default world's shipped teachers, teachers/demo_seed{S}
+# what a shipped teacher keeps of its run: what a PSL student rebuilds it from, and what the table reads
+TEACHER_FILES = ("config.yaml", "class_labels_indices.csv", "models/best.pt", "summary.json", "predictions/eval_best.npz",
+                 "predictions/eval_best_chunk_max.npz", "predictions/eval_best_chunk_mean.npz")
 # clip scores: (summary.json's result, the predictions file it was computed from, the column's title)
 SCORES = [("whole", "eval_best.npz", "whole clip"), ("max", "eval_best_chunk_max.npz", "max over chunks"),
           ("mean", "eval_best_chunk_mean.npz", "mean over chunks")]
@@ -240,7 +250,41 @@ def plot(stats: dict, seeds: list[int], out: Path) -> None:
     plt.close(fig)
 
 
-def train_rows(world: World, names: list[str], seeds: list[int], processes: int) -> None:
+def _copy_files(src: Path, dst: Path, files: tuple[str, ...]) -> None:
+    for name in files:
+        if (src / name).exists():
+            (dst / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / name, dst / name)
+
+
+def shipped_teacher(world: World, seed: int) -> Path | None:
+    """The shipped teacher of ``seed`` copied to the world's teacher run (the default world only, and only where no
+    teacher run exists), or None."""
+    run, shipped = world.runs / f"demo_seed{seed}", TEACHERS / f"demo_seed{seed}"
+    if world.tag or run.exists() or not (shipped / "models" / "best.pt").is_file():
+        return None
+    _copy_files(shipped, run, TEACHER_FILES + ("PROVENANCE.json",))
+    return shipped
+
+
+def ship_teachers(seeds: list[int]) -> None:
+    """Copy the default world's finished teacher runs into teachers/, with the commit that trained them."""
+    for seed in seeds:
+        run, out = World().runs / f"demo_seed{seed}", TEACHERS / f"demo_seed{seed}"
+        if not (run / "summary.json").exists():
+            raise SystemExit(f"{run}: no finished teacher run to ship (train it: --train-teacher --seeds {seed})")
+        if out.exists():
+            raise SystemExit(f"{out} exists: remove it first (git rm -r {out}) to ship a new teacher")
+        _copy_files(run, out, TEACHER_FILES)
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        (out / "PROVENANCE.json").write_text(json.dumps({
+            "seed": seed, "commit": commit or None, "world": "python -m tools.demo's default world (data/demo)",
+            "command": f"python -m tools.demo --train-teacher --seeds {seed} && "
+                       f"python -m tools.demo --ship-teachers --seeds {seed}"}, indent=1) + "\n")
+        print(f"shipped {run} as {out}")
+
+
+def train_rows(world: World, names: list[str], seeds: list[int], processes: int, train_teacher: bool) -> None:
     titles = dict(ROWS)
     done, total = 0, len(seeds) * len(names)
     for seed in seeds:
@@ -248,6 +292,11 @@ def train_rows(world: World, names: list[str], seeds: list[int], processes: int)
             done += 1
             run = world.runs / f"{name}_seed{seed}"
             header = f"[{done}/{total}] {titles[name]}, seed {seed}: {run}"
+            shipped = None if name != "demo" or train_teacher else shipped_teacher(world, seed)
+            if shipped:
+                print(f"{header}: the shipped teacher {shipped} (how it was trained: {shipped / 'PROVENANCE.json'}; "
+                      "--train-teacher trains it here)")
+                continue
             if (run / "summary.json").exists():
                 print(f"{header} is complete: reused (delete it to train again)")
                 continue
@@ -279,7 +328,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--clips", type=int, default=1200,
                    help="clips of the large (unbalanced) split (default: %(default)s)")
     p.add_argument("--eval-clips", type=int, default=300, help="clips of the eval split (default: %(default)s)")
+    p.add_argument("--train-teacher", action="store_true",
+                   help="train the default world's teachers here instead of using the shipped ones")
+    p.add_argument("--ship-teachers", action="store_true",
+                   help="copy the default world's finished teacher runs of --seeds into teachers/ and stop")
     args = p.parse_args(argv)
+    if args.ship_teachers:
+        ship_teachers(args.seeds)
+        return
     world = World(args.world, args.missing)
     names, titles = TABLES[args.table], dict(ROWS)
     print(f"Demo ({args.table} table) in the {world.kind} world"
@@ -288,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.processes} CPU processes.\nData in {world.data}/, shards in shards/, runs in {world.runs}/; what "
           "exists is reused.", flush=True)
     build_data(world, args.clips, args.eval_clips)
-    train_rows(world, names, args.seeds, args.processes)
+    train_rows(world, names, args.seeds, args.processes, args.train_teacher)
     text, stats = table(names, args.seeds, args.processes, world)
     (world.runs / "demo_table.md").write_text(text + "\n")
     plot(stats, args.seeds, world.runs / "demo_table.png")

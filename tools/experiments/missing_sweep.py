@@ -1,0 +1,51 @@
+"""The missing-label sweep (issue 28): does PSL's gain over weak 10 s labels grow with the rate of missing weak
+labels? For each world trained by ``python -m tools.demo --table sweep --missing M --seeds ...``, prints per seed
+PSL-10s − weak-10s and PSL-2s − weak-10s in whole-clip mAP on eval, against the world's AudioSet-like eval labels
+and against the true labels of the same clips, then mean ± half the range over the seeds.
+
+    python -m tools.experiments.missing_sweep [--missing 0 half audioset] [--seeds 0 1 2]
+"""
+from __future__ import annotations
+
+import argparse
+
+from tools.demo import World, _stat, summary, true_label_scores
+
+ROWS = {"PSL-10s": "demo_psl_10s", "PSL-2s": "demo_psl_2s"}
+BASE = "demo_weak_10s"
+
+
+def clip_maps(world: World, name: str, seed: int) -> tuple[float, float]:
+    """Whole-clip mAP on eval of ``name``'s run of ``seed``: (AudioSet-like labels, true labels)."""
+    run = world.runs / f"{name}_seed{seed}"
+    return summary(run)["best_single"]["mAP"], true_label_scores(run, world.shards("eval_clean"))["whole"]["mAP"]
+
+
+def sweep(missing: list[str], seeds: list[int]) -> str:
+    """The markdown table: a row per world and comparison, the differences per seed and their mean ± half-range."""
+    lines = ["| missing labels | comparison | eval labels | " + " | ".join(f"seed {s}" for s in seeds)
+             + " | mean ± half range |", "|---|---|---|" + "---|" * (len(seeds) + 1)]
+    for m in missing:
+        world = World(missing=m)
+        base = {s: clip_maps(world, BASE, s) for s in seeds}
+        for title, name in ROWS.items():
+            rows = {s: clip_maps(world, name, s) for s in seeds}
+            for k, labels in enumerate(("AudioSet-like", "true")):
+                diffs = [rows[s][k] - base[s][k] for s in seeds]
+                mean, half = _stat(diffs)
+                lines.append(f"| {m} | {title} − weak-10s | {labels} | " + " | ".join(f"{d:+.3f}" for d in diffs)
+                             + f" | {mean:+.3f} ± {half:.3f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--missing", nargs="+", default=["0", "half", "audioset"], choices=["0", "half", "audioset"],
+                   help="the worlds to compare (default: all three)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
+    args = p.parse_args(argv)
+    print(sweep(args.missing, args.seeds))
+
+
+if __name__ == "__main__":
+    main()
