@@ -62,6 +62,21 @@ def stats(base: str) -> dict[str, int]:
 
 
 @contextlib.contextmanager
+def s3_bucket(monkeypatch, secret: str = "testing") -> Iterator:
+    """moto's S3 server with a bucket ``audio``, and a boto3 client of it; the credentials in this process's
+    environment (the standard chain, which launched runs inherit), set through pytest's ``monkeypatch``."""
+    import boto3
+
+    with moto_s3() as endpoint:
+        for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": secret, "AWS_REGION": "us-east-1",
+                     "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint, "AWS_ALLOW_HTTP": "true"}.items():
+            monkeypatch.setenv(k, v)
+        s3 = boto3.client("s3", endpoint_url=endpoint)
+        s3.create_bucket(Bucket="audio")
+        yield s3
+
+
+@contextlib.contextmanager
 def moto_s3() -> Iterator[str]:
     """The endpoint URL of moto's S3 server on 127.0.0.1 (a thread of this process) for the context's life."""
     from moto.server import ThreadedMotoServer

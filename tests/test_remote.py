@@ -3,7 +3,6 @@ files cached per node and revalidated, clips by byte range through injected faul
 dataset that cannot be reached, and a training run from HTTP and from S3 with the local run's losses."""
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import json
@@ -16,7 +15,7 @@ import pytest
 import torch
 
 from runkit import launch, tiny_config
-from tests.servers import moto_s3, serve, stats
+from tests.servers import s3_bucket, serve, stats
 from tests.shardkit import make_dataset
 from tools.build_shards import main as build_shards
 from trainer.data.augment import AugmentConfig
@@ -172,21 +171,6 @@ def test_a_clip_that_cannot_be_read_goes_the_corrupt_clip_way(served, tmp_path):
     assert rows and {r["key"] for r in rows} <= lost
     assert all(r["shard"] == f"{static}/ds/ds-000001.tar" and "not found" in r["error"].lower() for r in rows)
     assert not lost & {k for b in batches for k in b["keys"]}
-
-
-@contextlib.contextmanager
-def s3_bucket(monkeypatch, secret: str = "testing"):
-    """moto's S3 server with a bucket ``audio``; the credentials in this process's environment (the standard
-    chain, which launched runs inherit)."""
-    import boto3
-
-    with moto_s3() as endpoint:
-        for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": secret, "AWS_REGION": "us-east-1",
-                     "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint, "AWS_ALLOW_HTTP": "true"}.items():
-            monkeypatch.setenv(k, v)
-        s3 = boto3.client("s3", endpoint_url=endpoint)
-        s3.create_bucket(Bucket="audio")
-        yield s3
 
 
 def test_builder_uploads_to_s3_manifest_last_and_resumes(synthetic_dir, built_shards, tmp_path, monkeypatch):
