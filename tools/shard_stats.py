@@ -30,7 +30,7 @@ from tools.audio_io import decode_flac
 from trainer.data.atomic import atomic_write
 from trainer.data.features import KaldiFbank, build_frontend
 from trainer.data.manifest import DATASET_INFO, VOCABULARY, ShardBytes, ShardRecord, Vocabulary, read_manifest
-from trainer.data.remote import RemoteBytes, RemoteError, Stores, cache_root, fetch_dataset, is_url
+from trainer.data.remote import RemoteBytes, RemoteError, Stores, cache_root, fetch_dataset, is_url, locate
 from trainer.data.settings import FeatureConfig, RemoteSettings
 
 AHEAD = 64  # clips asked for ahead when reading by range
@@ -43,8 +43,8 @@ def fbank_stats(dataset_dir: Path | str, records: list[ShardRecord], max_samples
     if len(records) > max_samples:
         records = [records[i] for i in sorted(np.random.default_rng(seed).choice(len(records), max_samples, False))]
     frontend = build_frontend(FeatureConfig(frontend=KaldiFbank.name))
-    records = [dataclasses.replace(r, shard=f"{dataset_dir}/{r.shard}") for r in records]
-    read = RemoteBytes(remote) if is_url(str(dataset_dir)) else ShardBytes()
+    records = [dataclasses.replace(r, shard=locate(str(dataset_dir), r.shard)) for r in records]
+    read = RemoteBytes(remote) if any(is_url(r.shard) for r in records) else ShardBytes()
     total, total_sq, count = 0.0, 0.0, 0
     for i, r in enumerate(records):
         if i % AHEAD == 0:  # the next clips' ranges requested together (a no-op hint on local files)

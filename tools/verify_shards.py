@@ -25,7 +25,7 @@ from tools.shard_writer import TAR_BLOCK, Member, read_index, scan_tar, split_na
 from trainer.data.datasets import broken_link
 from trainer.data.manifest import (DATASET_INFO, ENHANCEMENT, MANIFEST_CACHE, ShardRecord, load_cache, read_added_labels,
                                    read_manifest, source_stats)
-from trainer.data.remote import RemoteError, Stores, cache_root, fetch_dataset, is_url
+from trainer.data.remote import RemoteError, Stores, cache_root, fetch_dataset, is_url, locate
 from trainer.data.settings import RemoteSettings
 
 
@@ -176,9 +176,10 @@ def verify(dataset: str | Path, progress: bool = False, remote: RemoteSettings =
             problems.append(str(e))
         for key in sorted(added.keys() - {r.key for r in records}):
             problems.append(f"{ENHANCEMENT}: {key}: not in the manifest")
-    # a local directory's tars (listed: one the manifest leaves out is found too); at a URL, the manifest's
-    tars: dict[str, Path | str] = {t.name: t for t in d.glob("*.tar")} if url is None else \
-        {name: f"{url}/{name}" for name in by_shard}
+    # a local directory's tars (listed: one the manifest leaves out is found too); at a URL, the manifest's; and
+    # shards the manifest names by URL (tools.enhance_labels of a dataset at a URL)
+    tars: dict[str, Path | str] = {t.name: t for t in d.glob("*.tar")} if url is None else {}
+    tars.update({name: locate(url, name) for name in by_shard if url is not None or is_url(name)})
     for shard in sorted(by_shard.keys() - tars.keys()):
         problems.append(f"{shard}: named in the manifest but missing")
     total = 0
