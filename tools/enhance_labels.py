@@ -20,8 +20,8 @@ add is added once, as "ontology".
 The output directory holds relative symbolic links to the input's shards and indexes, pointing at the files
 themselves (an enhanced input's links are followed), so no audio is copied and the two directories keep
 working when moved together (the input may be a URL, ``https://``, ``s3://`` or ``gs://``: the output, a local
-directory, then names the input's shards by URL, read by byte range); ``manifest.jsonl`` with the new labels, ``weights.csv`` (PSLA weights of the new
-labels), the vocabulary, the input's ``rejects.jsonl``, ``dataset.json`` (the input's, with class counts
+directory, then names the input's shards by URL, read by byte range); ``manifest.jsonl`` with the new labels,
+``weights.csv`` (PSLA weights of the new labels), the vocabulary, the input's ``rejects.jsonl``, ``dataset.json`` (the input's, with class counts
 updated and this enhancement appended to ``enhancements``) and ``enhancement.csv`` (every added label: key,
 class, reason, and for the model step score and threshold; an enhanced input's rows come first). It is written
 under a hidden name beside --out and renamed into place, so --out appears complete or not at all.

@@ -2,9 +2,10 @@
 
     python -m tools.verify_shards shards/NAME | https://host/NAME | s3://bucket/NAME | gs://bucket/NAME
 
-A dataset at a URL has its small files fetched as the loader fetches them (trainer/data/remote.py) and each shard
-the manifest names downloaded with its index into a temporary directory, checked and deleted, one at a time;
-problems then name the shard's URL. Exits non-zero after listing every problem, each naming the file and, where there is one, the key.
+Exits non-zero after listing every problem, each naming the file and, where there is one, the key. A dataset
+at a URL has its small files fetched as the loader fetches them (trainer/data/remote.py), and each shard the
+manifest names is downloaded with its index into a temporary directory, checked and deleted, one at a time;
+its problems name the shard's URL.
 A dataset made by tools.enhance_labels (shards linked from another dataset) passes when each manifest
 record's labels are its sample's ``.json`` labels plus its rows of ``enhancement.csv``.
 """
