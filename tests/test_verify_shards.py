@@ -149,11 +149,11 @@ def test_shard_stats_of_a_dataset_at_a_url(served_shards, dataset, tmp_path, mon
     """The same statistics as from the directory; stored back into an S3 bucket, only printed (exit 1) from a
     plain HTTP server, which takes no uploads."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    local = shard_stats.shard_stats(dataset, max_samples=8)
-    remote = shard_stats.shard_stats(f"{served_shards}/syntrain", max_samples=8)
+    local = shard_stats.shard_stats(dataset, max_samples=4)
+    remote = shard_stats.shard_stats(f"{served_shards}/syntrain", max_samples=4)
     assert remote["kaldi_fbank"] == local["kaldi_fbank"] and remote["class_counts"] == local["class_counts"]
     assert remote["not_written"] and remote["written_to"] == f"{served_shards}/syntrain/dataset.json"
-    assert shard_stats.main([f"{served_shards}/syntrain", "--max-samples", "8"]) == 1
+    assert shard_stats.main([f"{served_shards}/syntrain", "--max-samples", "4"]) == 1
     assert f"could not store the statistics in {served_shards}/syntrain/dataset.json" in capsys.readouterr().err
     info = json.loads((dataset / "dataset.json").read_text())
     del info["feature_stats"]  # written by the local run above
@@ -162,6 +162,6 @@ def test_shard_stats_of_a_dataset_at_a_url(served_shards, dataset, tmp_path, mon
         for path in dataset.iterdir():
             if path.is_file():
                 s3.upload_file(str(path), "audio", f"sets/syntrain/{path.name}")
-        assert shard_stats.main(["s3://audio/sets/syntrain", "--max-samples", "8"]) == 0
+        assert shard_stats.main(["s3://audio/sets/syntrain", "--max-samples", "4"]) == 0
         info = json.loads(s3.get_object(Bucket="audio", Key="sets/syntrain/dataset.json")["Body"].read())
     assert info["feature_stats"]["kaldi_fbank"] == local["kaldi_fbank"] and info["num_written"] == 40
