@@ -9,14 +9,18 @@ read-only; copy them before corrupting anything.
 ``two_process_run``: the run directory of a finished tiny training run (tests/runkit.py ``tiny_config``: mel64,
 4 s clips, MobileNetV2 ×0.35, 2 epochs) on two processes over ``built_shards``, with eval and chunk-level
 results; the one trained run the tests share (test_run checks it, the tagger and export tests use it).
+``served_shards``: ``http://127.0.0.1:PORT`` of a static HTTP server (tests/servers.py) over the directory
+holding ``built_shards``: ``{url}/syntrain`` and ``{url}/syneval`` are those datasets at a URL.
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 from runkit import launch, tiny_config
+from tests.servers import serve
 from tools.build_shards import BuildOptions, build
 from tools.make_synthetic import make_synthetic
 
@@ -50,3 +54,9 @@ def two_process_run(built_shards: dict[str, Path], synthetic_dir: Path, tmp_path
     config = tiny_config(root / "tiny.yaml", built_shards, synthetic_dir, root / "runs")
     launch("trainer/run.py", str(config), processes=2)
     return root / "runs" / "tiny"
+
+
+@pytest.fixture(scope="session")
+def served_shards(built_shards: dict[str, Path]) -> Iterator[str]:
+    with serve("static", str(built_shards["train"].parent)) as url:
+        yield url

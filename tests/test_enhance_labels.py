@@ -1,6 +1,7 @@
 """tools.enhance_labels: ontology completion against the ontology's own child_ids, PSLA's percentile rule on a
 hand-checked case, --related-only, the output directory (links, manifest, weights, dataset.json,
-enhancement.csv, counts), verify_shards on it, moving it, and a training run on it that reads the input's audio."""
+enhancement.csv, counts), verify_shards on it, moving it, and a training run on it that reads the input's audio;
+an input at a URL (the loopback server of tests/servers.py), whose shards the output names by URL."""
 from __future__ import annotations
 
 import csv
@@ -246,6 +247,27 @@ def test_enhancing_an_enhanced_dataset_links_to_the_audio_and_keeps_its_rows(bui
     assert [e["source"] for e in info["enhancements"]] == [os.path.relpath(built_shards["train"].resolve(),
                                                                            first.resolve()), "../first"]
     assert verify_shards.verify(second) == ([], 40)
+
+
+def test_a_dataset_at_a_url_is_enhanced_into_a_local_one_naming_its_shards_by_url(built_shards, served_shards,
+                                                                                  tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    enhance(EnhanceOptions(built_shards["train"], local, ontology=True))
+    url = f"{served_shards}/syntrain"
+    assert main([url, "--out", str(remote), "--ontology"]) == 0
+    assert f"names by URL the 3 shards of {url}" in capsys.readouterr().out
+    assert not [p for p in remote.iterdir() if p.suffix in (".tar", ".idx")]  # no links, no copies
+    a, b = read_manifest(local), read_manifest(remote)
+    assert [r.shard for r in b] == [f"{url}/{r.shard}" for r in a]
+    assert [(r.key, r.offset, r.size, r.labels) for r in b] == [(r.key, r.offset, r.size, r.labels) for r in a]
+    assert _rows(remote) == _rows(local) and (remote / REJECTS).read_bytes() == (local / REJECTS).read_bytes()
+    assert json.loads((remote / DATASET_INFO).read_text())["enhancements"][-1]["source"] == url
+    records = load_records(str(remote))[0]  # the shard URLs as they are, each checked to answer
+    assert records.shards == [f"{url}/{Path(s).name}" for s in load_records(str(local))[0].shards]
+    assert verify_shards.verify(remote) == ([], 40)  # the remote shards downloaded and checked against it
+    assert shard_stats.shard_stats(remote, max_samples=4)["kaldi_fbank"] == \
+        shard_stats.shard_stats(local, max_samples=4)["kaldi_fbank"]  # the clips read by range
 
 
 def test_refusals(built_shards, run_dir, tmp_path, capsys):

@@ -3,7 +3,6 @@ files cached per node and revalidated, clips by byte range through injected faul
 dataset that cannot be reached, and a training run from HTTP and from S3 with the local run's losses."""
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import json
@@ -16,8 +15,10 @@ import pytest
 import torch
 
 from runkit import launch, tiny_config
-from tests.servers import moto_s3, serve, stats
+from tests.servers import gcs_bucket, s3_bucket, serve, stats
 from tests.shardkit import make_dataset
+from tools import verify_shards
+from tools import build_shards as build_shards_module
 from tools.build_shards import main as build_shards
 from trainer.data.augment import AugmentConfig
 from trainer.data.corrupt import CorruptLog
@@ -174,38 +175,69 @@ def test_a_clip_that_cannot_be_read_goes_the_corrupt_clip_way(served, tmp_path):
     assert not lost & {k for b in batches for k in b["keys"]}
 
 
-@contextlib.contextmanager
-def s3_bucket(monkeypatch, secret: str = "testing"):
-    """moto's S3 server with a bucket ``audio``; the credentials in this process's environment (the standard
-    chain, which launched runs inherit)."""
-    import boto3
+def test_builder_uploads_each_shard_when_finished_manifest_last_and_resumes(synthetic_dir, built_shards, tmp_path,
+                                                                            monkeypatch):
+    """``build_shards --out s3://…``: each shard (tar and index) is handed to the uploader as soon as it is
+    finished, while the next is built; the manifest goes last; an upload that fails stops the run before the
+    manifest (a reader never sees the dataset), and the next run sends what is missing."""
+    stage = tmp_path / "stage"
+    sent, seen_at_finish, failed = [], [], []
+    upload, build = Stores.upload, build_shards_module.build
 
-    with moto_s3() as endpoint:
-        for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": secret, "AWS_REGION": "us-east-1",
-                     "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint, "AWS_ALLOW_HTTP": "true"}.items():
-            monkeypatch.setenv(k, v)
-        s3 = boto3.client("s3", endpoint_url=endpoint)
-        s3.create_bucket(Bucket="audio")
-        yield s3
+    def failing_upload(self, src, url):
+        if src.name == "syntrain-000001.tar" and not failed:
+            failed.append(src.name)
+            raise RemoteError(f"{url}: injected failure")
+        sent.append(src.name)
+        return upload(self, src, url)
 
+    def watched_build(opts, progress=True, finished=None):
+        def spy(tar, idx):  # the shards finished so far, when each is handed over
+            seen_at_finish.append(sorted(p.name for p in opts.out.glob("*.tar")))
+            finished(tar, idx)
+        return build(opts, progress, spy)
 
-def test_builder_uploads_to_s3_manifest_last_and_resumes(synthetic_dir, built_shards, tmp_path, monkeypatch):
-    sent = []
-    upload = Stores.upload
-    monkeypatch.setattr(Stores, "upload", lambda self, src, url: (sent.append(src.name), upload(self, src, url))[1])
-    args = [str(synthetic_dir / "eval.json"), "--out", "s3://audio/sets/syneval", "--stage", str(tmp_path / "stage"),
+    monkeypatch.setattr(Stores, "upload", failing_upload)
+    monkeypatch.setattr(build_shards_module, "build", watched_build)
+    args = [str(synthetic_dir / "unbalanced.json"), "--out", "s3://audio/sets/syntrain", "--stage", str(stage),
             "--labels", str(synthetic_dir / "class_labels_indices.csv"), "--workers", "1", "--shard-samples", "16",
             "--no-progress"]
-    with s3_bucket(monkeypatch):
-        assert build_shards(args) == 0
-        assert sent[-1] == "manifest.jsonl" and {n for n in sent[:2]} == {"syneval-000000.tar", "syneval-000000.idx"}
-        remote = load_records("s3://audio/sets/syneval", cached(tmp_path / "cache"))
-        local = load_records(str(built_shards["eval"]))
-        assert all(np.array_equal(a, b) for a, b in zip(remote[0].columns().values(), local[0].columns().values()))
-        assert remote[1] == local[1] and remote[0].shards == ["s3://audio/sets/syneval/syneval-000000.tar"]
+    with s3_bucket(monkeypatch) as s3:
+        assert build_shards(args) == 2  # shard 1's upload failed: no manifest sent
+        assert seen_at_finish == [[f"syntrain-{i:06d}.tar" for i in range(n)] for n in (1, 2, 3)]
+        assert "manifest.jsonl" not in sent and sent.index("syntrain-000000.tar") < sent.index("syntrain-000002.tar")
+        keys = {o["Key"] for o in s3.list_objects_v2(Bucket="audio", Prefix="sets/syntrain/").get("Contents", [])}
+        assert "sets/syntrain/manifest.jsonl" not in keys and "sets/syntrain/syntrain-000001.tar" not in keys
         sent.clear()
-        assert build_shards(args) == 0  # run again (as after a kill): nothing rebuilt, only the manifest re-sent
+        assert build_shards(args) == 0  # run again: nothing rebuilt, the missing shard, then the rest, manifest last
+        assert sent[0] == "syntrain-000001.tar" and sent[-1] == "manifest.jsonl" and "syntrain-000000.tar" not in sent
+        remote = load_records("s3://audio/sets/syntrain", cached(tmp_path / "cache"))
+        local = load_records(str(built_shards["train"]))
+        assert all(np.array_equal(a, b) for a, b in zip(remote[0].columns().values(), local[0].columns().values()))
+        assert remote[1] == local[1] and len(remote[0].shards) == 3
+        sent.clear()
+        assert build_shards(args) == 0  # and again: only the manifest re-sent
         assert sent == ["manifest.jsonl"]
+
+
+def test_gcs_dataset_reads_as_the_local_one(built_shards, tmp_path, monkeypatch):
+    """gs:// through obstore's GCS client against fake-gcs-server: the small files, the clips by range and
+    tools.verify_shards (uploads are not tested here: the emulator refuses the XML API's PUT)."""
+    local = load_records(str(built_shards["eval"]))
+    with gcs_bucket(monkeypatch, tmp_path) as upload:
+        for path in built_shards["eval"].iterdir():
+            if path.is_file():
+                upload(path, f"sets/syneval/{path.name}")
+        remote = load_records("gs://audio/sets/syneval", cached(tmp_path / "cache"))
+        assert all(np.array_equal(a, b) for a, b in zip(remote[0].columns().values(), local[0].columns().values()))
+        assert remote[1] == local[1] and remote[0].shards == ["gs://audio/sets/syneval/syneval-000000.tar"]
+        reader, disk = RemoteBytes(QUICK), ShardBytes()
+        for i in range(len(remote[0])):
+            reader.will_need(remote[0].shard(i), int(remote[0].offset[i]), int(remote[0].size[i]))
+        assert [reader(remote[0][i]).tobytes() for i in range(16)] == [disk(local[0][i]).tobytes() for i in range(16)]
+        assert verify_shards.verify("gs://audio/sets/syneval", remote=cached(tmp_path / "cache")) == ([], 16)
+        with pytest.raises(FileNotFoundError, match="gs://audio/sets/nothing/manifest.jsonl: not found"):
+            load_records("gs://audio/sets/nothing", cached(tmp_path / "cache"))
 
 
 def _losses(run: Path) -> list[tuple[int, float]]:

@@ -1,6 +1,7 @@
 """trainer.tagger on the shared tiny trained run (mel64, 4 s clips): the API on files and arrays equals
 trainer.predict's output, its features are the evaluation stream's, long inputs are windowed, embeddings
-feed the classifier; and whole-dataset tagging through the training data path on 1 and 2 processes."""
+feed the classifier; and whole-dataset tagging through the training data path on 1 and 2 processes, and of a
+dataset at a URL (the loopback server of tests/servers.py)."""
 from __future__ import annotations
 
 import io
@@ -140,3 +141,16 @@ def test_dataset_tagging_identical_on_one_and_two_processes(tagger: Tagger, two_
     with pytest.raises(FileExistsError, match="is not an empty directory"):  # before any collective step
         tag_dataset(tagger, str(built_shards["eval"]), outs[1], accelerator=None)
     assert np.array_equal(np.load(outs[1] / "keys.npy"), one["keys"])  # untouched
+
+
+def test_dataset_at_a_url_is_tagged_as_the_local_one(tagger: Tagger, built_shards: dict[str, Path],
+                                                     served_shards: str, tmp_path: Path, monkeypatch) -> None:
+    from accelerate import Accelerator
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    accelerator = Accelerator(cpu=True)
+    local = tag_dataset(tagger, str(built_shards["eval"]), tmp_path / "local", accelerator)
+    remote = tag_dataset(tagger, f"{served_shards}/syneval", tmp_path / "remote", accelerator)
+    assert remote["num_tagged"] == local["num_tagged"] == 16 and remote["dataset"] == f"{served_shards}/syneval"
+    for name in ("keys", "probs"):
+        assert np.array_equal(np.load(tmp_path / "remote" / f"{name}.npy"), np.load(tmp_path / "local" / f"{name}.npy"))

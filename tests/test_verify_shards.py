@@ -1,4 +1,5 @@
-"""verify_shards catches corruption; shard_stats computes the PSLA fbank statistics."""
+"""verify_shards catches corruption; shard_stats computes the PSLA fbank statistics; both on a dataset at a URL
+(the loopback servers of tests/servers.py)."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,6 +12,7 @@ import pytest
 import torch
 import torchaudio
 
+from tests.servers import s3_bucket, serve
 from tools import shard_stats, verify_shards
 from tools.audio_io import decode_flac
 from trainer.data.manifest import MANIFEST_CACHE, RecordTable, read_manifest, save_cache, source_stats
@@ -117,3 +119,49 @@ def test_shard_stats_matches_direct_fbank(dataset, capsys):
     assert info["feature_stats"]["kaldi_fbank"]["mean"] == pytest.approx(stats["mean"])
     assert info["num_written"] == 40  # the rest of dataset.json is kept
     assert "kaldi_fbank mean" in capsys.readouterr().out
+
+
+
+def test_dataset_at_a_url_is_verified_shard_by_shard(served_shards, dataset, tmp_path, monkeypatch, capsys):
+    """Every shard downloaded, checked and deleted; problems name the shard's URL."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert verify_shards.verify(f"{served_shards}/syntrain") == ([], 40)
+    rec = read_manifest(dataset)[5]
+    data = bytearray((dataset / rec.shard).read_bytes())
+    data[rec.offset + rec.size // 2] ^= 0x10
+    (dataset / rec.shard).write_bytes(bytes(data))
+    (dataset / "syntrain-000001.idx").unlink()
+    (dataset / "syntrain-000002.tar").unlink()
+    with serve("static", str(tmp_path)) as url:
+        problems, n = verify_shards.verify(f"{url}/syntrain")
+        assert verify_shards.main([f"{url}/syntrain/"]) == 1
+    base = f"{url}/syntrain"
+    assert n == 32 and problems[-1] == f"{base}/syntrain-000002.tar: missing", problems
+    assert f"{base}/syntrain-000001.idx: missing" in problems
+    assert problems[:-2] and all(p.startswith(f"{base}/{rec.shard}: {rec.key}:") for p in problems[:-2]), problems
+    assert f"{base}/{rec.shard}: {rec.key}:" in capsys.readouterr().out
+    assert [p.name for p in (tmp_path / "cache" / "audiotag").iterdir()] == ["datasets"]  # downloads deleted
+    problems, _ = verify_shards.verify(f"{url}/syntrain")  # the server is gone
+    assert len(problems) == 1 and problems[0].startswith(f"{base}: cannot read the dataset"), problems
+
+
+def test_shard_stats_of_a_dataset_at_a_url(served_shards, dataset, tmp_path, monkeypatch, capsys):
+    """The same statistics as from the directory; stored back into an S3 bucket, only printed (exit 1) from a
+    plain HTTP server, which takes no uploads."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    local = shard_stats.shard_stats(dataset, max_samples=4)
+    remote = shard_stats.shard_stats(f"{served_shards}/syntrain", max_samples=4)
+    assert remote["kaldi_fbank"] == local["kaldi_fbank"] and remote["class_counts"] == local["class_counts"]
+    assert remote["not_written"] and remote["written_to"] == f"{served_shards}/syntrain/dataset.json"
+    assert shard_stats.main([f"{served_shards}/syntrain", "--max-samples", "4"]) == 1
+    assert f"could not store the statistics in {served_shards}/syntrain/dataset.json" in capsys.readouterr().err
+    info = json.loads((dataset / "dataset.json").read_text())
+    del info["feature_stats"]  # written by the local run above
+    (dataset / "dataset.json").write_text(json.dumps(info))
+    with s3_bucket(monkeypatch) as s3:
+        for path in dataset.iterdir():
+            if path.is_file():
+                s3.upload_file(str(path), "audio", f"sets/syntrain/{path.name}")
+        assert shard_stats.main(["s3://audio/sets/syntrain", "--max-samples", "4"]) == 0
+        info = json.loads(s3.get_object(Bucket="audio", Key="sets/syntrain/dataset.json")["Body"].read())
+    assert info["feature_stats"]["kaldi_fbank"] == local["kaldi_fbank"] and info["num_written"] == 40

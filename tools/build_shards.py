@@ -6,9 +6,10 @@ See shards/README.md for the output format. Output is deterministic (same inputs
 byte-identical shards whatever --workers is) and resumable: finished shards are kept after a kill,
 and the interrupted one is rebuilt. One build at a time writes an output directory (each ``--part`` holds its own
 OS lock); a worker process that dies stops the build, naming it and its input. ``--out`` may be a URL
-(``s3://bucket/prefix/NAME``, ``gs://…``): the dataset is built in ``--stage`` (resumable there), then
-uploaded, its manifest last
-(:func:`trainer.data.remote.publish`; credentials from the environment).
+(``s3://bucket/prefix/NAME``, ``gs://…``): the dataset is built in ``--stage`` (resumable there), each shard
+and its index uploaded in the background as soon as they are finished, and the rest at the end, the manifest
+last (:func:`trainer.data.remote.publish`, which also sends what a killed build had not; credentials from the
+environment).
 """
 from __future__ import annotations
 
@@ -23,9 +24,10 @@ import random
 import re
 import signal
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from tqdm import tqdm
 
@@ -283,9 +285,12 @@ def _results(jobs: list, workers: int) -> Iterator[tuple]:
             conn.close()
 
 
-def build(opts: BuildOptions, progress: bool = True) -> BuildResult:
+def build(opts: BuildOptions, progress: bool = True,
+          finished: Callable[[Path, Path], None] | None = None) -> BuildResult:
     """Build (or resume building) the shards of ``opts.source`` into ``opts.out``, holding the lock of
-    ``opts.out`` (of its part) for the build's life; raises :class:`LockHeld` when another process holds it."""
+    ``opts.out`` (of its part) for the build's life; raises :class:`LockHeld` when another process holds it.
+    ``finished(tar, idx)`` is called with each shard built now (not those resumed) once both files are
+    complete."""
     if not 0 <= opts.part < opts.num_parts:
         raise ValueError(f"--part {opts.part} must be in [0, --num-parts {opts.num_parts})")
     vocab = load_vocabulary(opts.labels)
@@ -297,10 +302,11 @@ def build(opts: BuildOptions, progress: bool = True) -> BuildResult:
     (opts.out / STATE_DIR).mkdir(exist_ok=True)
     what = f"the build of {opts.out}" + (f" part {opts.part}" if opts.num_parts > 1 else "")
     with hold_lock(opts.out / STATE_DIR / f"{_prefix(opts)}.lock", what):
-        return _build(opts, vocab, items, progress)
+        return _build(opts, vocab, items, progress, finished)
 
 
-def _build(opts: BuildOptions, vocab: Vocabulary, items: list[Item], progress: bool) -> BuildResult:
+def _build(opts: BuildOptions, vocab: Vocabulary, items: list[Item], progress: bool,
+           finished: Callable[[Path, Path], None] | None) -> BuildResult:
     fingerprint = _fingerprint(opts, vocab, items)
     shard, start, records, rejects = _resume(opts, fingerprint)
     prefix = _prefix(opts)
@@ -316,6 +322,8 @@ def _build(opts: BuildOptions, vocab: Vocabulary, items: list[Item], progress: b
         # State before the tar: an existing tar then always has its state and index.
         _write_text(opts.out / STATE_DIR / f"{writer.tar_path.stem}.json", json.dumps(state))
         writer.close()
+        if finished is not None:
+            finished(writer.tar_path, writer.idx_path)
         records.extend(shard_records)
         rejects.extend(shard_rejects)
         writer, shard, shard_records, shard_rejects = None, shard + 1, [], []
@@ -458,14 +466,21 @@ def main(argv: Iterable[str] | None = None) -> int:
                         max_duration=a.max_duration,
                         max_reject_fraction=a.max_reject_fraction, shuffle=a.shuffle, seed=a.seed, part=a.part,
                         num_parts=a.num_parts, weight_offset=a.weight_offset)
-    try:
-        result = build(opts, progress=not a.no_progress)
-    except (FileNotFoundError, ValueError, LockHeld) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except WorkerDied as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
+    stores = Stores(RemoteSettings())
+    uploads: list[Future] = []
+    with ThreadPoolExecutor(1, thread_name_prefix="upload") as pool:
+
+        def upload(*paths: Path) -> None:  # a finished shard and its index, sent while the next one is built
+            uploads.extend(pool.submit(stores.upload, p, f"{url}/{p.name}") for p in paths)
+
+        try:
+            result = build(opts, progress=not a.no_progress, finished=upload if url is not None else None)
+        except (FileNotFoundError, ValueError, LockHeld) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except WorkerDied as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 3
     print(result.summary())
     if result.num_inputs and result.num_rejected / result.num_inputs > opts.max_reject_fraction:
         print(f"error: {result.num_rejected / result.num_inputs:.1%} of inputs rejected, above "
@@ -473,11 +488,13 @@ def main(argv: Iterable[str] | None = None) -> int:
         return 1
     if url is not None:
         try:
-            sent = publish(opts.out, url, Stores(RemoteSettings()))
+            for job in uploads:
+                job.result()
+            sent = publish(opts.out, url, stores)  # what the build did not send (resumed shards), manifest last
         except RemoteError as e:  # the build stays in --stage: run again to resume the upload
             print(f"error: {e}", file=sys.stderr)
             return 2
-        print(f"uploaded {len(sent)} files to {url} (built in {opts.out})")
+        print(f"uploaded {len(uploads) + len(sent)} files to {url} (built in {opts.out})")
     return 0
 
 

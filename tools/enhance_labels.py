@@ -19,8 +19,9 @@ add is added once, as "ontology".
 
 The output directory holds relative symbolic links to the input's shards and indexes, pointing at the files
 themselves (an enhanced input's links are followed), so no audio is copied and the two directories keep
-working when moved together; ``manifest.jsonl`` with the new labels, ``weights.csv`` (PSLA weights of the new
-labels), the vocabulary, the input's ``rejects.jsonl``, ``dataset.json`` (the input's, with class counts
+working when moved together (the input may be a URL, ``https://``, ``s3://`` or ``gs://``: the output, a local
+directory, then names the input's shards by URL, read by byte range); ``manifest.jsonl`` with the new labels,
+``weights.csv`` (PSLA weights of the new labels), the vocabulary, the input's ``rejects.jsonl``, ``dataset.json`` (the input's, with class counts
 updated and this enhancement appended to ``enhancements``) and ``enhancement.csv`` (every added label: key,
 class, reason, and for the model step score and threshold; an enhanced input's rows come first). It is written
 under a hidden name beside --out and renamed into place, so --out appears complete or not at all.
@@ -48,6 +49,8 @@ from trainer.data.atomic import atomic_write, temp_path
 from trainer.data.datasets import index_path, load_records
 from trainer.data.manifest import (DATASET_INFO, ENHANCEMENT, REJECTS, VOCABULARY, AddedLabel, ShardRecord,
                                    Vocabulary, read_added_labels, write_added_labels)
+from trainer.data.remote import RemoteError, Stores, fetch_dataset, is_url
+from trainer.data.settings import RemoteSettings
 from trainer.data.streams import EvalStream
 from trainer.evaluate import predict_clips
 from trainer.runs import load_run
@@ -59,7 +62,7 @@ MOST_AFFECTED = 5  # classes named in the summary line
 
 @dataclass
 class EnhanceOptions:
-    dataset: Path
+    dataset: Path | str  # a directory, or a URL
     out: Path
     ontology: bool = False
     model: Path | None = None  # a run directory
@@ -170,9 +173,10 @@ def predict_scores(run_dir: Path, weights: str, records: Sequence[ShardRecord], 
     return scores, dict(stream.missing)
 
 
-def check_out(out: Path, dataset: Path) -> None:
-    """--out must be new or an empty directory (no run overwrites results), and not the input."""
-    if out.resolve() == dataset.resolve():
+def check_out(out: Path, dataset: Path | None) -> None:
+    """--out must be new or an empty directory (no run overwrites results), and not the input (a directory;
+    None for a URL)."""
+    if dataset is not None and out.resolve() == dataset.resolve():
         raise ValueError(f"--out {out} is the input dataset; name a new directory")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"--out {out} exists and is not an empty directory; name a new one")
@@ -189,12 +193,16 @@ def enhance(opts: EnhanceOptions) -> EnhanceResult:
             raise ValueError(f"--percentile {opts.percentile} must be within [0, 100] or 'mean'")
     elif opts.related_only or opts.percentile is not None:
         raise ValueError("--percentile and --related-only apply to the model step: add --model RUN")
-    root = opts.dataset.resolve()
+    url = str(opts.dataset).rstrip("/") if is_url(str(opts.dataset)) else None
+    stores = Stores(RemoteSettings())
+    # the input's small files: its directory, or their copies in the node's cache (the manifest's ones too)
+    root = fetch_dataset(url, stores) if url is not None else Path(opts.dataset).resolve()
     if not (root / VOCABULARY).is_file():
         raise FileNotFoundError(f"{opts.dataset}: no {VOCABULARY}; expected a dataset directory built by "
                                 "tools.build_shards")
-    check_out(opts.out, root)
-    records, vocab, info = load_records(str(root))  # absolute shard paths; every shard and index checked
+    check_out(opts.out, None if url else root)
+    # absolute shard paths, every shard and index checked; or shard URLs, every shard answering
+    records, vocab, info = load_records(url or str(root))
     n, num_classes = len(records), len(vocab)
     labelled = np.zeros((n, num_classes), dtype=bool)
     for i, r in enumerate(records):
@@ -249,13 +257,15 @@ def enhance(opts: EnhanceOptions) -> EnhanceResult:
                                         for c, d in enumerate(per_class) if any(d.values())])
     new_labels = [tuple(r.labels) + tuple(int(c) for c in np.flatnonzero(reason[i])) for i, r in enumerate(records)]
     prior = read_added_labels(root / ENHANCEMENT) if (root / ENHANCEMENT).is_file() else []
-    _write(opts, root, records, new_labels, vocab, info, prior + rows, step)
+    _write(opts, root, url, stores, records, new_labels, vocab, info, prior + rows, step)
     return result
 
 
-def _write(opts: EnhanceOptions, root: Path, records: Sequence[ShardRecord], labels: Sequence[tuple[int, ...]],
-           vocab: Vocabulary, info: dict, rows: list[AddedLabel], step: dict) -> None:
-    """The output directory, built under a hidden name beside --out and renamed into place."""
+def _write(opts: EnhanceOptions, root: Path, url: str | None, stores: Stores, records: Sequence[ShardRecord],
+           labels: Sequence[tuple[int, ...]], vocab: Vocabulary, info: dict, rows: list[AddedLabel],
+           step: dict) -> None:
+    """The output directory, built under a hidden name beside --out and renamed into place (``url``: the input's,
+    whose small files are in ``root``, a cache)."""
     final = Path(os.path.realpath(opts.out.parent)) / opts.out.name  # where the links resolve from once renamed
     tmp = temp_path(opts.out)
     if tmp.exists():  # left by a run killed before its rename
@@ -265,6 +275,9 @@ def _write(opts: EnhanceOptions, root: Path, records: Sequence[ShardRecord], lab
         linked: set[Path] = set()
         out_records = []
         for r, new in zip(records, labels):
+            if is_url(r.shard):  # a shard at a URL is named by it: no link to make
+                out_records.append(replace(r, labels=new))
+                continue
             shard = Path(r.shard)
             if shard not in linked:
                 linked.add(shard)
@@ -276,15 +289,21 @@ def _write(opts: EnhanceOptions, root: Path, records: Sequence[ShardRecord], lab
         offset = opts.weight_offset if opts.weight_offset is not None else info.get("weight_offset", 0.01)
         write_labels(tmp, vocab, out_records, offset)
         write_added_labels(tmp / ENHANCEMENT, rows)
-        if (root / REJECTS).is_file():
+        if url is not None:
+            try:
+                stores.download(f"{url}/{REJECTS}", tmp / REJECTS)
+            except RemoteError as e:
+                if not isinstance(e.__cause__, FileNotFoundError):
+                    raise
+        elif (root / REJECTS).is_file():
             shutil.copyfile(root / REJECTS, tmp / REJECTS)
-        step = dict(step, source=os.path.relpath(root, final))
+        step = dict(step, source=url or os.path.relpath(root, final))
         info = dict(info, name=opts.out.name, weight_offset=offset,
                     class_counts=class_counts((r.labels for r in out_records), len(vocab)),
                     enhancements=info.get("enhancements", []) + [step])
         with atomic_write(tmp / DATASET_INFO) as f:
             f.write(json.dumps(info, indent=1) + "\n")
-        check_out(opts.out, root)  # still free after the prediction
+        check_out(opts.out, None if url else root)  # still free after the prediction
         os.replace(tmp, opts.out)  # renaming onto an empty directory replaces it
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -302,7 +321,7 @@ def _percentile(text: str) -> float | str:
 
 def main(argv: Iterable[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.enhance_labels", description=__doc__.split("\n\n")[0])
-    p.add_argument("dataset", type=Path, help="a dataset directory built by tools.build_shards")
+    p.add_argument("dataset", help="a dataset directory built by tools.build_shards, or its URL")
     p.add_argument("--out", type=Path, required=True, help="the new dataset directory shards/NAME (new or empty)")
     p.add_argument("--ontology", action="store_true", help="add every missing ancestor of each label")
     p.add_argument("--model", type=Path, metavar="RUN", help="a trained run directory whose predictions add labels")
@@ -318,15 +337,17 @@ def main(argv: Iterable[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.out.name in ("", ".", ".."):
         p.error("--out must name the dataset directory, e.g. shards/NAME")
-    opts = EnhanceOptions(dataset=a.dataset, out=a.out, ontology=a.ontology, model=a.model, weights=a.weights,
-                          percentile=a.percentile, related_only=a.related_only, weight_offset=a.weight_offset)
+    opts = EnhanceOptions(dataset=a.dataset if is_url(a.dataset) else Path(a.dataset), out=a.out,
+                          ontology=a.ontology, model=a.model, weights=a.weights, percentile=a.percentile,
+                          related_only=a.related_only, weight_offset=a.weight_offset)
     try:
         result = enhance(opts)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RemoteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(result.summary())
-    print(f"wrote {opts.out}: links to the {result.num_shards} shards of {opts.dataset} (no audio copied), "
+    shards = "names by URL" if is_url(a.dataset) else "links to"
+    print(f"wrote {opts.out}: {shards} the {result.num_shards} shards of {opts.dataset} (no audio copied), "
           f"manifest, weights, {ENHANCEMENT}")
     return 0
 

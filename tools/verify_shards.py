@@ -1,8 +1,11 @@
 """Check a built dataset end to end: tar integrity, every sample decodes, manifest and .idx agree.
 
-    python -m tools.verify_shards shards/NAME
+    python -m tools.verify_shards shards/NAME | https://host/NAME | s3://bucket/NAME | gs://bucket/NAME
 
-Exits non-zero after listing every problem, each naming the file and, where there is one, the key.
+Exits non-zero after listing every problem, each naming the file and, where there is one, the key. A dataset
+at a URL has its small files fetched as the loader fetches them (trainer/data/remote.py), and each shard the
+manifest names is downloaded with its index into a temporary directory, checked and deleted, one at a time;
+its problems name the shard's URL.
 A dataset made by tools.enhance_labels (shards linked from another dataset) passes when each manifest
 record's labels are its sample's ``.json`` labels plus its rows of ``enhancement.csv``.
 """
@@ -12,6 +15,7 @@ import argparse
 import collections
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Iterable
 
@@ -22,6 +26,8 @@ from tools.shard_writer import TAR_BLOCK, Member, read_index, scan_tar, split_na
 from trainer.data.datasets import broken_link
 from trainer.data.manifest import (DATASET_INFO, ENHANCEMENT, MANIFEST_CACHE, ShardRecord, load_cache, read_added_labels,
                                    read_manifest, source_stats)
+from trainer.data.remote import RemoteError, Stores, cache_root, fetch_dataset, is_url, locate
+from trainer.data.settings import RemoteSettings
 
 
 def _check_tar(tar: Path, records: list[ShardRecord], added: dict[str, list[int]]) -> tuple[list[str], int]:
@@ -110,10 +116,43 @@ def _check_tar(tar: Path, records: list[ShardRecord], added: dict[str, list[int]
     return problems, len(samples)
 
 
-def verify(dataset_dir: str | Path, progress: bool = False) -> tuple[list[str], int]:
-    """All problems in a dataset directory (empty when it is sound), and the number of samples checked."""
-    d = Path(dataset_dir)
+def _check_remote(url: str, records: list[ShardRecord], added: dict[str, list[int]], stores: Stores
+                  ) -> tuple[list[str], int]:
+    """:func:`_check_tar` on the shard at ``url`` and its index, downloaded into a temporary directory (in the
+    node's cache directory: a shard may not fit /tmp) and deleted after; problems name the URL."""
+    folder, name = url.rsplit("/", 1)
+    root = cache_root(stores.settings)
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".verify-", dir=root) as tmp:
+        tar = Path(tmp) / name
+        try:
+            stores.download(url, tar)
+        except RemoteError as e:
+            return [f"{url}: missing" if isinstance(e.__cause__, FileNotFoundError) else str(e)], 0
+        idx = tar.with_suffix(".idx")
+        try:
+            stores.download(f"{folder}/{idx.name}", idx)
+        except RemoteError as e:
+            if not isinstance(e.__cause__, FileNotFoundError):
+                return [str(e)], 0  # a missing index is one of _check_tar's problems
+        problems, n = _check_tar(tar, records, added)
+    return [f"{folder}/{p.replace(f'{tmp}/', '')}" for p in problems], n
+
+
+def verify(dataset: str | Path, progress: bool = False, remote: RemoteSettings = RemoteSettings()
+           ) -> tuple[list[str], int]:
+    """All problems in a dataset (a directory or a URL; empty when it is sound), and the number of samples
+    checked."""
+    url = str(dataset).rstrip("/") if is_url(str(dataset)) else None
+    stores = Stores(remote)
     problems: list[str] = []
+    if url is not None:
+        try:
+            d = fetch_dataset(url, stores)
+        except RemoteError as e:  # unreachable, or no manifest there
+            return [str(e)], 0
+    else:
+        d = Path(dataset)
     try:
         records = read_manifest(d, cache=False)  # the text itself; the cache is checked against it below
     except (FileNotFoundError, ValueError) as e:
@@ -138,15 +177,20 @@ def verify(dataset_dir: str | Path, progress: bool = False) -> tuple[list[str], 
             problems.append(str(e))
         for key in sorted(added.keys() - {r.key for r in records}):
             problems.append(f"{ENHANCEMENT}: {key}: not in the manifest")
-    tars = sorted(d.glob("*.tar"))
-    for shard in sorted(by_shard.keys() - {t.name for t in tars}):
+    # a local directory's tars (listed: one the manifest leaves out is found too); at a URL, the manifest's; and
+    # shards the manifest names by URL (tools.enhance_labels of a dataset at a URL)
+    tars: dict[str, Path | str] = {t.name: t for t in d.glob("*.tar")} if url is None else {}
+    tars.update({name: locate(url, name) for name in by_shard if url is not None or is_url(name)})
+    for shard in sorted(by_shard.keys() - tars.keys()):
         problems.append(f"{shard}: named in the manifest but missing")
     total = 0
-    for tar in tqdm(tars, unit="shard", disable=not progress):
-        if not tar.is_file():
-            problems.append(f"{tar.name}: missing{broken_link(tar)}")
-            continue
-        found, n = _check_tar(tar, by_shard.get(tar.name, []), added)
+    for name, tar in tqdm(sorted(tars.items()), unit="shard", disable=not progress):
+        if isinstance(tar, str):
+            found, n = _check_remote(tar, by_shard.get(name, []), added, stores)
+        elif not tar.is_file():
+            found, n = [f"{tar.name}: missing{broken_link(tar)}"], 0
+        else:
+            found, n = _check_tar(tar, by_shard.get(name, []), added)
         problems += found
         total += n
     info = d / DATASET_INFO
@@ -157,7 +201,7 @@ def verify(dataset_dir: str | Path, progress: bool = False) -> tuple[list[str], 
 
 def main(argv: Iterable[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.verify_shards", description=__doc__.split("\n\n")[0])
-    p.add_argument("dataset", type=Path, help="a directory built by tools.build_shards")
+    p.add_argument("dataset", help="a directory built by tools.build_shards, or its URL")
     a = p.parse_args(argv)
     problems, total = verify(a.dataset, progress=True)
     for msg in problems:

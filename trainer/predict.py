@@ -3,6 +3,7 @@
     python -m trainer.predict --checkpoint runs/demo [--weights best|wa] [--top-k 5] [--chunk-seconds 2] \
         [--json] FILES...
     accelerate launch -m trainer.predict --checkpoint runs/demo --dataset shards/X --out DIR [--embeddings]
+    accelerate launch -m trainer.predict --checkpoint runs/demo --dataset s3://bucket/X --out DIR
 
 A command line over :class:`trainer.tagger.Tagger`, which says how inputs are decoded, windowed and chunked
 (``--checkpoint`` may also be an export directory of ``python -m trainer.export``). A missing or unreadable
@@ -67,7 +68,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-seconds", type=float, default=MAX_SECONDS,
                    help="longest file tagged, in seconds; a longer one is listed as an error (default: %(default)g s)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
-    p.add_argument("--dataset", help="tag every clip of this built dataset (a directory or a shard pattern)")
+    p.add_argument("--dataset", help="tag every clip of this built dataset (a directory, a shard pattern, or a URL: "
+                   "https://, s3://, gs://)")
     p.add_argument("--out", help="with --dataset: a new (or empty) directory for the .npy files")
     p.add_argument("--embeddings", action="store_true", help="with --dataset: also write clip embeddings")
     p.add_argument("files", nargs="*", help="audio files in any format libsndfile reads")

@@ -269,7 +269,8 @@ def _load(x: Audio, sample_rate: Optional[int], source: str, max_seconds: float)
 
 @torch.no_grad()
 def tag_dataset(tagger: Tagger, spec: str, out: str | Path, accelerator: Accelerator, embeddings: bool = False) -> dict:
-    """Tag every clip of a built dataset (a directory or a shard pattern inside one) through the training data
+    """Tag every clip of a built dataset (a directory or a shard pattern inside one, or either at a URL: clips read
+    by byte range, trainer/data/remote.py) through the training data
     path (:class:`EvalStream`: DALI, each clip cropped or padded to ``clip_seconds``), on all of
     ``accelerator``'s processes; collective. ``out`` (new, or an empty directory) receives, in manifest
     order, ``keys.npy``, ``probs.npy`` (N × C) and with ``embeddings`` ``embeddings.npy`` (N × D, the clip

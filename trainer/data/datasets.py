@@ -19,7 +19,7 @@ from braceexpand import braceexpand
 
 from trainer.data.eval_ids import EvalSelection, select_listed
 from trainer.data.manifest import DATASET_INFO, VOCABULARY, RecordTable, Vocabulary, key_hash, read_manifest
-from trainer.data.remote import Stores, check_shards, fetch_dataset, is_url, split_spec
+from trainer.data.remote import Stores, check_shards, fetch_dataset, is_url, locate, split_spec
 from trainer.data.settings import DataConfig, FeatureConfig, RemoteSettings
 
 
@@ -113,18 +113,21 @@ def load_records(spec: str, remote: RemoteSettings = RemoteSettings()) -> tuple[
         records = records.take(chosen[records.shard_index])
     used = np.bincount(records.shard_index, minlength=len(records.shards)) > 0
     if url is not None:  # DALI's .idx files are not read: clips are found by the manifest's offsets
-        check_shards((f"{url}/{name}" for name, u in zip(records.shards, used) if u), stores)
+        check_shards((locate(url, name) for name, u in zip(records.shards, used) if u), stores)
         info_path = root / DATASET_INFO
         info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-        return records.with_shards([f"{url}/{name}" for name in records.shards]), vocab, info
-    for name in sorted(name for name, u in zip(records.shards, used) if u):
+        return records.with_shards([locate(url, name) for name in records.shards]), vocab, info
+    linked = [name for name, u in zip(records.shards, used) if u and is_url(name)]
+    if linked:  # a local dataset naming shards at a URL (tools.enhance_labels of a dataset there)
+        check_shards(linked, Stores(remote))
+    for name in sorted(name for name, u in zip(records.shards, used) if u and not is_url(name)):
         path = root / name
         if not path.is_file():
             raise FileNotFoundError(f"missing shard {path}{broken_link(path)}")
         idx = index_path(path)
         if not idx.is_file():
             raise FileNotFoundError(f"missing index {idx}{broken_link(idx)} for shard {path}")
-    records = records.with_shards([str(root / name) for name in records.shards])
+    records = records.with_shards([locate(str(root), name) for name in records.shards])
     info_path = root / DATASET_INFO
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     return records, vocab, info

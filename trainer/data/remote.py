@@ -60,6 +60,12 @@ def is_url(spec: str | os.PathLike) -> bool:
     return isinstance(spec, str) and urlsplit(spec).scheme in SCHEMES
 
 
+def locate(base: str, name: str) -> str:
+    """Where a manifest's shard ``name`` is: ``name`` itself when it is a URL (tools.enhance_labels of a dataset
+    at a URL names its shards so), else ``base/name`` (``base``: the dataset's directory or URL)."""
+    return name if is_url(name) else f"{base}/{name}"
+
+
 def _parts(url: str) -> tuple[str, str]:
     """(``scheme://host``, path inside it) of ``url``; a URL with credentials in it is refused without echoing
     them."""
