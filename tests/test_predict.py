@@ -85,6 +85,50 @@ def test_json_output(run_dir: Path, audio: dict[str, Path], capsys: pytest.Captu
     assert doc["files"][1]["top"] == doc["files"][2]["top"]  # same samples, same features, any container
 
 
+class _Loudness(torch.nn.Module):
+    """A tagger's model whose class scores follow the loudness of the lowest mel bins, frame by frame."""
+
+    def embed(self, features: torch.Tensor) -> torch.Tensor:
+        return features[:, :CLASSES] / 20.0 + 2.0
+
+    def head(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        p = torch.sigmoid(frames.transpose(1, 2))
+        return p.mean(dim=1), p
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head(self.embed(features))
+
+
+def test_clip_score_max_or_mean_over_the_timelines_chunks(run_dir: Path) -> None:
+    """clip_score: a file's labels from the whole-window output (default), or the max / mean over its chunks
+    (PSL's inference): each class's score is then exactly the max / mean of the timeline's chunk scores, and a
+    short loud burst weighs more in the max than in the whole window."""
+    base = Tagger.from_run(run_dir, device="cpu")
+    tagger = Tagger(base.frontend, base.vocab, _Loudness(), torch.device("cpu"))
+    rng = np.random.default_rng(0)
+    wave = 0.001 * rng.standard_normal(16000 * 5)
+    wave[16000:24000] = 0.5 * rng.standard_normal(8000)  # 0.5 s burst at 1 s
+    timeline = tagger.predict([wave], 16000, chunk_seconds=1.0)[0][0]
+    chunks = np.stack([c.probs for c in timeline.chunks])
+    for how, reduce in (("max", np.max), ("mean", np.mean)):
+        pooled = tagger.predict([wave], 16000, chunk_seconds=1.0, clip_score=how)[0][0]
+        assert pooled.probs == pytest.approx(reduce(chunks, axis=0), abs=1e-6)
+        assert [c.start for c in pooled.chunks] == [c.start for c in timeline.chunks]
+    assert (chunks.max(axis=0) > timeline.probs + 0.05).all()  # the whole window dilutes the burst
+    with pytest.raises(ValueError, match="give chunk_seconds"):
+        tagger.predict([wave], 16000, clip_score="max")
+    with pytest.raises(ValueError, match="'whole', 'max' or 'mean'"):
+        tagger.predict([wave], 16000, chunk_seconds=1.0, clip_score="median")
+
+
+def test_clip_score_on_the_command_line(run_dir: Path, audio: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
+    assert main(["--checkpoint", str(run_dir), "--clip-score", "max", "--json", str(audio["long.flac"])]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["clip_score"] == "max" and doc["chunk_seconds"] == 2.0
+    best = max(t["prob"] for c in doc["files"][0]["timeline"] for t in c["top"])
+    assert doc["files"][0]["top"][0]["prob"] == pytest.approx(best, abs=1e-4)  # the top label: its best chunk's
+
+
 def test_text_output_and_wa_missing(run_dir: Path, audio: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
     assert main(["--checkpoint", str(run_dir), "--top-k", "2", str(audio["tone.wav"])]) == 0
     out = capsys.readouterr().out

@@ -32,10 +32,10 @@ def top_labels(probs: np.ndarray, vocab: Vocabulary, k: int) -> list[dict]:
 
 
 def to_json(run_dir: str, weights: str, chunk_seconds: float, results: list[Prediction],
-            errors: list[tuple[str, str]], vocab: Vocabulary, k: int) -> dict:
+            errors: list[tuple[str, str]], vocab: Vocabulary, k: int, clip_score: str = "whole") -> dict:
     """One JSON-ready document: per file its top-k labels and timeline, then the files that failed."""
     return {
-        "checkpoint": str(run_dir), "weights": weights, "chunk_seconds": chunk_seconds,
+        "checkpoint": str(run_dir), "weights": weights, "chunk_seconds": chunk_seconds, "clip_score": clip_score,
         "files": [{"path": r.source, "duration": round(r.duration, 3), "top": top_labels(r.probs, vocab, k),
                    "timeline": [{"start": round(c.start, 3), "end": round(c.end, 3),
                                  "top": top_labels(c.probs, vocab, k)} for c in r.chunks]}
@@ -48,7 +48,8 @@ def format_text(doc: dict) -> str:
     """The human-readable form of a :func:`to_json` document."""
     lines = []
     for f in doc["files"]:
-        lines.append(f"{f['path']}  ({f['duration']:.2f} s)")
+        score = "" if doc["clip_score"] == "whole" else f", {doc['clip_score']} over its {doc['chunk_seconds']:g} s chunks"
+        lines.append(f"{f['path']}  ({f['duration']:.2f} s{score})")
         lines += [f"  {t['prob']:.3f}  {t['name']}" for t in f["top"]]
         lines.append(f"  timeline ({doc['chunk_seconds']:g} s chunks):")
         for c in f["timeline"]:
@@ -65,6 +66,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--top-k", type=int, default=5, help="labels shown per file and per chunk (default: %(default)s)")
     p.add_argument("--chunk-seconds", type=float, default=2.0,
                    help="timeline chunk length in seconds (default: %(default)s s)")
+    p.add_argument("--clip-score", choices=("whole", "max", "mean"), default="whole",
+                   help="a file's labels from the model's clip output (whole, PSL's evaluation) or the max / mean over "
+                        "its --chunk-seconds chunks (PSL's inference takes the max; give the chunk length the model "
+                        "trained on) (default: %(default)s)")
     p.add_argument("--max-seconds", type=float, default=MAX_SECONDS,
                    help="longest file tagged, in seconds; a longer one is listed as an error (default: %(default)g s)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
@@ -106,8 +111,10 @@ def main(argv: list[str] | None = None) -> int:
                   + (f"; {len(info['missing'])} did not decode (listed in info.json)" if info["missing"] else ""))
         return 0
     tagger.max_seconds = args.max_seconds
-    results, errors = tagger.predict(args.files, chunk_seconds=args.chunk_seconds, skip_errors=True)
-    doc = to_json(args.checkpoint, args.weights, args.chunk_seconds, results, errors, tagger.vocab, args.top_k)
+    results, errors = tagger.predict(args.files, chunk_seconds=args.chunk_seconds, skip_errors=True,
+                                     clip_score=args.clip_score)
+    doc = to_json(args.checkpoint, args.weights, args.chunk_seconds, results, errors, tagger.vocab, args.top_k,
+                  args.clip_score)
     print(json.dumps(doc, indent=2) if args.json else format_text(doc))
     for path, error in errors:
         print(f"predict: {error}", file=sys.stderr)

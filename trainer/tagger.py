@@ -43,6 +43,7 @@ from trainer.data.features import FrontEnd, build_frontend
 from trainer.data.manifest import VOCABULARY, RecordTable, Vocabulary
 from trainer.data.settings import FeatureConfig, LoaderSettings
 from trainer.data.streams import EvalStream
+from trainer.evaluate import Pooling, pool_chunks
 from trainer.models import FRAME_STRIDE, build_model, load_weights
 from trainer.models.settings import ModelConfig
 from trainer.runs import CONFIG, load_run
@@ -147,12 +148,20 @@ class Tagger:
 
     @torch.no_grad()
     def predict(self, inputs: Sequence[Audio], sample_rate: Optional[int] = None, chunk_seconds: Optional[float] = None,
-                embeddings: bool = False, skip_errors: bool = False) -> tuple[list[Prediction], list[tuple[str, str]]]:
+                embeddings: bool = False, skip_errors: bool = False, clip_score: Pooling = "whole",
+                ) -> tuple[list[Prediction], list[tuple[str, str]]]:
         """Everything at once: predictions for the inputs in order, with the timeline when ``chunk_seconds`` is
         given and embeddings when asked. An input that cannot be read raises AudioError naming it, or with
-        ``skip_errors`` is left out and listed as (source, error) after the predictions."""
+        ``skip_errors`` is left out and listed as (source, error) after the predictions. ``clip_score``: an
+        input's clip probabilities from the model's clip output (``whole``, PSL's evaluation), or the ``max`` /
+        ``mean`` over its ``chunk_seconds`` chunks (PSL's inference tool takes the max), as summary.json's
+        ``best_single_chunk_pooled``."""
         if isinstance(inputs, (str, Path, np.ndarray)):
             raise TypeError("inputs: a list of paths or arrays (one input is a list of one)")
+        if clip_score not in ("whole", "max", "mean"):
+            raise ValueError(f"clip_score: 'whole', 'max' or 'mean', got {clip_score!r}")
+        if clip_score != "whole" and chunk_seconds is None:
+            raise ValueError(f"clip_score {clip_score!r} pools over chunks: give chunk_seconds")
         chunking = Chunking.of(self.frontend, chunk_seconds) if chunk_seconds is not None else None
         results: list[Prediction] = []
         errors: list[tuple[str, str]] = []
@@ -183,6 +192,11 @@ class Tagger:
         for start in range(0, len(queue), self.batch_size):
             self._run(queue[start:start + self.batch_size], chunking, embeddings)
         results += self._finished(pending, chunking, embeddings, done=True)
+        if clip_score != "whole":
+            for pred in results:
+                chunk_probs = torch.from_numpy(np.stack([c.probs for c in pred.chunks]))
+                pred.probs = pool_chunks(chunk_probs, torch.zeros(len(chunk_probs), dtype=torch.long), 1,
+                                         clip_score)[0].numpy()
         return results, errors
 
     def features(self, pcm: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
