@@ -269,3 +269,24 @@ def test_a_run_with_one_chunk_per_clip_counts_its_epoch_in_chunks(built_shards, 
     summary = json.loads((run / "summary.json").read_text())
     assert summary["optimizer_steps"] == -(-clips * 4 // 16) == len(results.read_rows(run / "steps.csv"))
     assert summary["best_single_chunk_pooled"]["chunk_seconds"] == 1.0
+
+
+def test_the_shipped_teacher_is_copied_to_the_default_worlds_run_only(tmp_path, monkeypatch):
+    """The demo's shipped teacher (teachers/demo_seed{S}) becomes runs/demo_seed{S} where no such run exists; a
+    teacher the user trained there is kept, and other worlds train their own."""
+    from tools.demo import TEACHER_FILES, World, shipped_teacher
+
+    monkeypatch.chdir(tmp_path)
+    shipped = Path("teachers/demo_seed0")
+    for name in TEACHER_FILES + ("PROVENANCE.json",):
+        (shipped / name).parent.mkdir(parents=True, exist_ok=True)
+        (shipped / name).write_text(name)
+    assert shipped_teacher(World(), 0) == shipped
+    assert (Path("runs/demo_seed0/models/best.pt").read_text(), Path("runs/demo_seed0/summary.json").read_text()) \
+        == ("models/best.pt", "summary.json")
+    assert shipped_teacher(World(), 1) is None  # none shipped for seed 1
+    assert shipped_teacher(World(missing="0"), 0) is None and not Path("runs/demo_missing-0").exists()
+    own = Path("runs/demo_seed0")
+    (own / "PROVENANCE.json").unlink()
+    (own / "models/best.pt").write_text("the user's own teacher")
+    assert shipped_teacher(World(), 0) is None and (own / "models/best.pt").read_text() == "the user's own teacher"

@@ -116,12 +116,13 @@ def launch(config: str, overrides: list[str], processes: int) -> None:
     sh(*cmd, env=env)
 
 
-def build_data(world: World, clips: int, eval_clips: int) -> None:
+def build_data(world: World, clips: int, eval_clips: int, splits: tuple[str, ...]) -> None:
+    """The world's data if missing, and shards of ``splits`` (each verified)."""
     if not (world.data / "eval.json").exists():
         print(f"\n== data: the synthetic {world.kind} world ({clips} training clips, {eval_clips} eval clips) into "
               f"{world.data}", flush=True)
         sh(sys.executable, "-m", "tools.make_synthetic", *world.generate(clips, eval_clips))
-    for split in world.splits:
+    for split in splits:
         out = world.shards(split)
         if not (out / "dataset.json").exists():
             print(f"\n== shards: {out}, built from {world.data / split}.json and verified", flush=True)
@@ -258,13 +259,15 @@ def _copy_files(src: Path, dst: Path, files: tuple[str, ...]) -> None:
 
 
 def shipped_teacher(world: World, seed: int) -> Path | None:
-    """The shipped teacher of ``seed`` copied to the world's teacher run (the default world only, and only where no
-    teacher run exists), or None."""
+    """The shipped teacher of ``seed`` (the default world only), copied to the world's teacher run unless that run
+    exists; None where there is none to use (another world, or no teacher shipped for this seed), or where the
+    teacher run exists and is not the shipped one."""
     run, shipped = world.runs / f"demo_seed{seed}", TEACHERS / f"demo_seed{seed}"
-    if world.tag or run.exists() or not (shipped / "models" / "best.pt").is_file():
+    if world.tag or not (shipped / "models" / "best.pt").is_file():
         return None
-    _copy_files(shipped, run, TEACHER_FILES + ("PROVENANCE.json",))
-    return shipped
+    if not run.exists():
+        _copy_files(shipped, run, TEACHER_FILES + ("PROVENANCE.json",))
+    return shipped if (run / "PROVENANCE.json").is_file() else None
 
 
 def ship_teachers(seeds: list[int]) -> None:
@@ -293,7 +296,7 @@ def train_rows(world: World, names: list[str], seeds: list[int], processes: int,
             run = world.runs / f"{name}_seed{seed}"
             header = f"[{done}/{total}] {titles[name]}, seed {seed}: {run}"
             shipped = None if name != "demo" or train_teacher else shipped_teacher(world, seed)
-            if shipped:
+            if shipped is not None:
                 print(f"{header}: the shipped teacher {shipped} (how it was trained: {shipped / 'PROVENANCE.json'}; "
                       "--train-teacher trains it here)")
                 continue
@@ -343,7 +346,9 @@ def main(argv: list[str] | None = None) -> None:
           + f": {', '.join(titles[n] for n in names)}; seed(s) {', '.join(map(str, args.seeds))}; "
           f"{args.processes} CPU processes.\nData in {world.data}/, shards in shards/, runs in {world.runs}/; what "
           "exists is reused.", flush=True)
-    build_data(world, args.clips, args.eval_clips)
+    teachers_shipped = not args.train_teacher and all(shipped_teacher(world, s) for s in args.seeds)
+    teacher_only = ("unbalanced", "valid") if teachers_shipped or "demo" not in names else ()
+    build_data(world, args.clips, args.eval_clips, tuple(s for s in world.splits if s not in teacher_only))
     train_rows(world, names, args.seeds, args.processes, args.train_teacher)
     text, stats = table(names, args.seeds, args.processes, world)
     (world.runs / "demo_table.md").write_text(text + "\n")
