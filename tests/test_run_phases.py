@@ -12,6 +12,7 @@ from trainer import results
 from trainer.checkpointing import Progress, find_checkpoints, read_progress, save_checkpoint
 from trainer.config import load_config
 from trainer.run import early_stop, eval_schedule, rewind
+from trainer.rundir import RunDir
 
 
 def test_progress_round_trips_a_checkpoint_and_reads_older_ones(tmp_path: Path):
@@ -34,21 +35,21 @@ def test_progress_round_trips_a_checkpoint_and_reads_older_ones(tmp_path: Path):
 def test_resume_rewinds_the_rows_and_stops_early_as_the_interrupted_run_would(tmp_path: Path):
     cfg = load_config("configs/demo.yaml", [f"run.dir={tmp_path}", "run.name=r", "train.early_stop_patience=2"],
                       check_paths=False)
-    run_dir = cfg.run_dir
-    run_dir.mkdir()
+    run = RunDir(cfg.run_dir)
+    run.path.mkdir()
     for epoch, score in enumerate((0.5, 0.3, 0.2, 0.6), start=1):  # epoch 4 was trained after the checkpoint
-        results.append_row(run_dir / "metrics.csv", {"epoch": epoch, "valid_mAP": score})
+        results.append_row(run.metrics, {"epoch": epoch, "valid_mAP": score})
         for step in range(1, 5):
-            results.append_row(run_dir / "steps.csv", {"epoch": epoch, "step": step, "loss": 0.1})
+            results.append_row(run.steps, {"epoch": epoch, "step": step, "loss": 0.1})
     checkpoint = Progress(epoch=3, step=2, global_step=14)
-    rewind(run_dir, checkpoint)
-    assert [r["epoch"] for r in results.read_rows(run_dir / "metrics.csv")] == ["1", "2", "3"]
-    assert len(results.read_rows(run_dir / "steps.csv")) == 14
-    schedule = eval_schedule(cfg, run_dir)
+    rewind(run, checkpoint)
+    assert [r["epoch"] for r in results.read_rows(run.metrics)] == ["1", "2", "3"]
+    assert len(results.read_rows(run.steps)) == 14
+    schedule = eval_schedule(cfg, run)
     assert schedule.history == {1: 0.5, 2: 0.3, 3: 0.2}
     # epoch 3 (0-based) would start: two epochs without improving on epoch 1's score
     assert early_stop(schedule, 3, "valid_mAP") == ("early stop: valid_mAP has not improved for 2 epochs "
                                                     "(best 0.5000 in epoch 1)")
     assert early_stop(schedule, 2, "valid_mAP") is None
-    rewind(run_dir, Progress())  # a fresh start over an old run's rows (run.overwrite empties it first)
-    assert results.read_rows(run_dir / "metrics.csv") == [] and eval_schedule(cfg, run_dir).history == {}
+    rewind(run, Progress())  # a fresh start over an old run's rows (run.overwrite empties it first)
+    assert results.read_rows(run.metrics) == [] and eval_schedule(cfg, run).history == {}

@@ -24,9 +24,10 @@ from trainer.data.corrupt import CorruptLog, seal
 from trainer.data.datasets import resolve_splits
 from trainer.data.manifest import read_weights, write_weights
 from trainer.data.settings import DataConfig
-from trainer.faults import LOCK, MARKER, RunExists, RunLocked, claim_run_dir
+from trainer.faults import RunExists, RunLocked, claim_run_dir
 from trainer.fingerprint import ResumeMismatch, changes, check_resume, fingerprint
 from trainer.results import read_rows, truncate_rows
+from trainer.rundir import LOCK, MARKER
 
 
 def test_run_names_outside_run_dir_are_refused_and_nothing_is_touched(tmp_path):

@@ -26,6 +26,7 @@ from trainer.config import load_config
 from trainer.data.datasets import resolve_splits
 from trainer.data.features import build_frontend
 from trainer.evaluate import training_chunking
+from trainer.rundir import RunDir
 
 DATA = Path("data/demo")
 SPLITS = ("unbalanced", "balanced", "valid", "eval")
@@ -62,12 +63,12 @@ def build_data(clips: int, eval_clips: int) -> None:
 
 
 def summary(name: str, seed: int) -> dict:
-    return json.loads((Path("runs") / f"{name}_seed{seed}" / "summary.json").read_text())
+    return json.loads(RunDir(Path("runs") / f"{name}_seed{seed}").summary.read_text())
 
 
 def passes(run: Path, steps: int, processes: int) -> float:
     """Passes over the run's own training chunks that ``steps`` optimizer steps make (draws / chunks)."""
-    cfg = load_config(run / "config.yaml", check_paths=False)
+    cfg = load_config(RunDir(run).config, check_paths=False)
     clips = len(resolve_splits(cfg.data).train)
     frontend = build_frontend(cfg.features)
     per_clip = training_chunking(frontend, cfg.psl, cfg.features.clip_seconds).count(frontend.num_frames)
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         for name in names:
             done += 1
             header = f"[{done}/{total}] {titles[name]}, seed {seed}: runs/{name}_seed{seed}"
-            if (Path("runs") / f"{name}_seed{seed}" / "summary.json").exists():
+            if RunDir(Path("runs") / f"{name}_seed{seed}").summary.exists():
                 print(f"{header} is complete: reused (delete it to train again)")
                 continue
             print(f"\n== {header} (configs/{name}.yaml; a progress bar per epoch, then a line of its metrics)",

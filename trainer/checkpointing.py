@@ -18,6 +18,7 @@ from accelerate import Accelerator
 
 from trainer.data.atomic import atomic_write, fsync_dir, fsync_tree, temp_path
 from trainer.faults import check_finite
+from trainer.rundir import RunDir
 
 PROGRESS = "progress.json"
 KEEP = 2  # finished checkpoints kept; the newest is the one resumed from
@@ -61,7 +62,7 @@ def save_checkpoint(accelerator: Accelerator, model: torch.nn.Module, run_dir: P
     files the progress counts on (metrics.csv, steps.csv rows appended so far), made durable with it."""
     step = progress.global_step
     check_finite(model.state_dict(), f"checkpoint at step {step}")
-    root = run_dir / "checkpoints"
+    root = RunDir(run_dir).checkpoints
     final = root / f"step_{step:08d}"
     tmp = temp_path(final)
     if accelerator.is_main_process:
@@ -110,7 +111,7 @@ def find_checkpoints(resume: bool | str, run_dir: Path,
     if (path / PROGRESS).exists():
         paths = [path]
     else:
-        root = path / "checkpoints"
+        root = RunDir(path).checkpoints
         paths = sorted(root.glob("step_*"), reverse=True)
         pointer = root / "latest"
         latest = root / pointer.read_text().strip() if pointer.is_file() else None
@@ -185,7 +186,7 @@ def weights_path(path: str | Path) -> Path:
     """A weights file, or a run directory standing for its best single model."""
     path = Path(path)
     if path.is_dir():
-        path = path / "models" / "best.pt"
+        path = RunDir(path).weights("best")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such weights file; did that run finish training?")
     return path

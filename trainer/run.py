@@ -34,11 +34,10 @@ from trainer.config import Config, ConfigError, load_config, missing_paths
 from trainer.cpu_tuning import configure_cpu
 from trainer.devices import DeviceError, resolve_device
 from trainer.data.chunks import Chunking
-from trainer.data.corrupt import CORRUPT_SAMPLES, CorruptLog, TooManyCorrupt, seal
+from trainer.data.corrupt import CorruptLog, TooManyCorrupt, seal
 from trainer.data.datasets import SplitError, Splits, resolve_splits
-from trainer.data.eval_ids import MISSING_IDS, EvalIdsError
+from trainer.data.eval_ids import EvalIdsError
 from trainer.data.features import FrontEnd, build_frontend
-from trainer.data.manifest import VOCABULARY
 from trainer.data.remote import RemoteError, is_url
 from trainer.data.seeding import STEP, torch_seed
 from trainer.data.streams import EvalStream, TrainStream, check_gpu_frontend
@@ -53,6 +52,7 @@ from trainer.optim import build_optimizer, build_scheduler
 from trainer.faults import NonFinite, Preempted, Preemption, RunExists, claim_run
 from trainer.fingerprint import ResumeMismatch, check_resume, fingerprint, flat
 from trainer.psl import ChunkedTeacherStudent, ChunkOracle, draws_per_epoch
+from trainer.rundir import RunDir
 from trainer.runs import build_teacher
 from trainer.settings import teacher_members
 from trainer.steplog import Flush, StepLog
@@ -192,8 +192,8 @@ class Training:
     preemption: Preemption | None = None
 
     @property
-    def run_dir(self) -> Path:
-        return self.cfg.run_dir
+    def run(self) -> RunDir:
+        return RunDir(self.cfg.run_dir)
 
     @property
     def log(self) -> Callable[[str], None]:
@@ -211,8 +211,8 @@ class Training:
         return Progress(epoch, step, self.global_step, self.cfg.run.seed, self.train.state_dict(), self.run_facts)
 
     def save_checkpoint(self, epoch: int, step: int) -> Path:
-        durable = (self.run_dir / "metrics.csv", self.run_dir / "steps.csv")  # the rows the progress counts
-        return save_checkpoint(self.accelerator, self.model, self.run_dir, self.progress_at(epoch, step), durable)
+        durable = (self.run.metrics, self.run.steps)  # the rows the progress counts
+        return save_checkpoint(self.accelerator, self.model, self.run.path, self.progress_at(epoch, step), durable)
 
 
 def setup(cfg: Config, accelerator: Accelerator, data: Splits) -> Training:
@@ -244,7 +244,7 @@ def setup_data(cfg: Config, accelerator: Accelerator, data: Splits, batch_size: 
                checkpoints: list[tuple[Path, Progress]]) -> tuple[Training, list[str]]:
     """The run's front-end, files and streams; before anything is written, a resume the checkpoint's fingerprint
     refuses stops here (and the changes it allows are returned, to be logged)."""
-    run_dir, log = cfg.run_dir, accelerator.print
+    run, log = RunDir(cfg.run_dir), accelerator.print
     for warning in data.warnings:
         log(f"warning: {warning}")
     vocab = data.vocab
@@ -259,16 +259,16 @@ def setup_data(cfg: Config, accelerator: Accelerator, data: Splits, batch_size: 
     if checkpoints:  # before anything is written: a refused resume leaves the run as it was
         allowed = check_resume(checkpoints[0][1].fingerprint, run_facts, cfg.run.allow_changed, checkpoints[0][0])
     if accelerator.is_main_process:
-        seal(run_dir / CORRUPT_SAMPLES)  # a row torn by a crash must not swallow the next one appended
-        cfg.save(run_dir / "config.yaml")  # resolved: predict and PSL teachers rebuild the same features from it
-        vocab.save(run_dir / VOCABULARY)
+        seal(run.corrupt_samples)  # a row torn by a crash must not swallow the next one appended
+        cfg.save(run.config)  # resolved: predict and PSL teachers rebuild the same features from it
+        vocab.save(run.vocabulary)
         if data.eval_ids:
-            data.eval_ids.write_missing(run_dir / MISSING_IDS)
+            data.eval_ids.write_missing(run.missing_eval_ids)
         accelerator.init_trackers(cfg.run.name, config=flat(cfg.to_dict()))
     accelerator.wait_for_everyone()
     world = accelerator.num_processes
     where = dict(rank=accelerator.process_index, world_size=world, device=accelerator.device)
-    corrupt = CorruptLog(run_dir / CORRUPT_SAMPLES, len(data.train), cfg.data.max_corrupt_fraction) \
+    corrupt = CorruptLog(run.corrupt_samples, len(data.train), cfg.data.max_corrupt_fraction) \
         if cfg.data.on_corrupt == "skip" else None
     num_samples = cfg.data.num_samples
     if num_samples is None and cfg.psl.chunk_seconds is not None:  # PSL's epoch: every chunk once
@@ -331,22 +331,22 @@ def resume(t: Training, checkpoints: list[tuple[Path, Progress]], allowed: list[
     t.global_step = t.progress.global_step
     t.steplog, t.preemption = StepLog(), Preemption()
     if t.accelerator.is_main_process:
-        rewind(t.run_dir, t.progress)
+        rewind(t.run, t.progress)
     t.accelerator.wait_for_everyone()
-    t.schedule = eval_schedule(t.cfg, t.run_dir)
+    t.schedule = eval_schedule(t.cfg, t.run)
 
 
-def rewind(run_dir: Path, progress: Progress) -> None:
+def rewind(run: RunDir, progress: Progress) -> None:
     """Drop the metrics.csv and steps.csv rows written after the checkpoint: the resumed run writes them again."""
-    results.truncate_rows(run_dir / "metrics.csv", progress.epoch)
-    results.truncate_rows(run_dir / "steps.csv", progress.global_step)
+    results.truncate_rows(run.metrics, progress.epoch)
+    results.truncate_rows(run.steps, progress.global_step)
 
 
-def eval_schedule(cfg: Config, run_dir: Path) -> EvalSchedule:
+def eval_schedule(cfg: Config, run: RunDir) -> EvalSchedule:
     """Which epochs are evaluated and when to stop early, from the scores of those evaluated so far."""
     select = f"{cfg.evaluation.select_on}_mAP"
     return EvalSchedule(cfg.train.eval_every, cfg.optim.epochs, cfg.train.early_stop_patience,
-                        results.evaluated(results.read_rows(run_dir / "metrics.csv"), select))
+                        results.evaluated(results.read_rows(run.metrics), select))
 
 
 def early_stop(schedule: EvalSchedule, epoch: int, select: str) -> str | None:
@@ -384,7 +384,7 @@ def train_epoch(t: Training, epoch: int) -> dict | None:
         save = cfg.train.save_every_steps and t.global_step % cfg.train.save_every_steps == 0 and not last
         if last or save or t.global_step % cfg.train.log_every == 0:  # the losses reach the host here only
             flush = t.steplog.flush(accelerator, t.preemption.signal is not None)
-            losses += _record(flush, cfg.train.on_nonfinite, accelerator, t.run_dir,
+            losses += _record(flush, cfg.train.on_nonfinite, accelerator, t.run,
                               clips / (time.perf_counter() - started))
             bar.set_postfix(loss=f"{losses[-1]:.4f}" if losses else "-")
             if flush.stop and not last:  # preempted mid-epoch: save where the ranks are, then stop
@@ -425,7 +425,7 @@ def evaluate_epoch(t: Training, epoch: int, row: dict) -> None:
     """Evaluate this epoch's weights on every split when due, keeping predictions for selection and ensembles;
     log and append the epoch's metrics.csv row and save its weights. An epoch not evaluated has empty evaluation
     cells in metrics.csv (every row has the same columns)."""
-    accelerator, run_dir = t.accelerator, t.run_dir
+    accelerator, run = t.accelerator, t.run
     unwrapped = accelerator.unwrap_model(t.model, keep_torch_compile=False)
     due = t.schedule.due(epoch + 1)
     for split, stream in t.splits.items():
@@ -434,17 +434,17 @@ def evaluate_epoch(t: Training, epoch: int, row: dict) -> None:
             preds = predict_clips(unwrapped, stream, accelerator)
             m = preds.metrics(list(t.data.vocab.names))
             if accelerator.is_main_process:
-                preds.save(_prediction_path(run_dir, split, f"epoch_{epoch + 1}"))
+                preds.save(_prediction_path(run, split, f"epoch_{epoch + 1}"))
         row.update({f"{split}_{k}": m.get(k) for k in ("mAP", "mAUC", "dprime")})
     if due:
         t.schedule.record(epoch + 1, row[t.select])
     shown = {k: v for k, v in row.items() if v is not None}
     t.log("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()))
     if accelerator.is_main_process:
-        results.append_row(run_dir / "metrics.csv", row)
-        results.plot_curves(run_dir / "metrics.csv", run_dir / "curves.png")
+        results.append_row(run.metrics, row)
+        results.plot_curves(run.metrics, run.curves)
         accelerator.log({f"epoch/{k}": v for k, v in shown.items()}, step=t.global_step)
-        save_weights(unwrapped.state_dict(), run_dir / "models" / f"epoch_{epoch + 1}.pt")
+        save_weights(unwrapped.state_dict(), run.epoch_weights(epoch + 1))
 
 
 def _nonfinite_anywhere(loss: torch.Tensor, accelerator: Accelerator) -> bool:
@@ -452,14 +452,14 @@ def _nonfinite_anywhere(loss: torch.Tensor, accelerator: Accelerator) -> bool:
     return bool(accelerator.reduce((~torch.isfinite(loss.detach())).float(), "sum").item() > 0)
 
 
-def _record(flush: Flush, on_nonfinite: str, accelerator: Accelerator, run_dir: Path, rate: float) -> list[float]:
+def _record(flush: Flush, on_nonfinite: str, accelerator: Accelerator, run: RunDir, rate: float) -> list[float]:
     """Write a flush's steps.csv rows and tracker values; stop at a non-finite loss unless skipping those."""
     rows = flush.rows
     if flush.nonfinite is not None and on_nonfinite == "fail":
         rows = rows[:flush.first_nonfinite]
     if accelerator.is_main_process:
         for row in rows:
-            results.append_row(run_dir / "steps.csv", row)
+            results.append_row(run.steps, row)
         if rows:
             accelerator.log({"train/loss": float(np.mean([r["loss"] for r in rows])), "train/lr": rows[-1]["lr"],
                              "train/clips_per_s": rate}, step=rows[-1]["global_step"])
@@ -473,9 +473,9 @@ def finish(t: Training) -> dict:
     cfg, accelerator, splits, result_split = t.cfg, t.accelerator, t.splits, t.result_split
     eval_ids, vocab, strong, chunker, frontend = t.data.eval_ids, t.data.vocab, t.strong, t.chunker, t.frontend
     model = accelerator.unwrap_model(t.model, keep_torch_compile=False)
-    run_dir = cfg.run_dir
+    run = t.run
     names = list(vocab.names)
-    rows = results.read_rows(run_dir / "metrics.csv")
+    rows = results.read_rows(run.metrics)
     epochs = [int(r["epoch"]) for r in rows]
     select = cfg.evaluation.select_on
     scores = results.evaluated(rows, f"{select}_mAP")
@@ -488,13 +488,13 @@ def finish(t: Training) -> dict:
         summary["eval_ids"] = eval_ids.counts()
 
     # Each evaluated epoch's predictions were saved once; the best single model's are one of them.
-    members = [Predictions.load(_prediction_path(run_dir, result_split, f"epoch_{e}")) for e in evaluated]
+    members = [Predictions.load(run.predictions(result_split, f"epoch_{e}")) for e in evaluated]
     best = members[evaluated.index(best_at)]
 
     wa_end = cfg.train.wa_end or cfg.optim.epochs
     # a run stopped early before wa_start averages its last epoch alone; "epochs" says which were averaged
     wa_epochs = [e for e in epochs if cfg.train.wa_start <= e <= wa_end] or epochs[-1:]
-    wa_state = average_state_dicts([run_dir / "models" / f"epoch_{e}.pt" for e in wa_epochs])
+    wa_state = average_state_dicts([run.epoch_weights(e) for e in wa_epochs])
     model.load_state_dict(wa_state)
     wa = predict_clips(model, splits[result_split], accelerator)
 
@@ -514,13 +514,13 @@ def finish(t: Training) -> dict:
 
     # The best single model scored both ways: the whole-clip forward above (PSL's evaluation) and the max / mean
     # over chunks of its training length (PSL's inference tool).
-    load_weights(model, run_dir / "models" / f"epoch_{best_at}.pt")
+    load_weights(model, run.epoch_weights(best_at))
     pool = training_chunking(frontend, cfg.psl, cfg.features.clip_seconds)
     pooled = {p: predict_clips(model, splits[result_split], accelerator, p, pool) for p in ("max", "mean")}
     metrics.update({f"best_chunk_{p}": preds.metrics(names) for p, preds in pooled.items()})
     summary["best_single_chunk_pooled"] = {"chunk_seconds": pool.seconds, **{
         p: results.scalar_metrics(metrics[f"best_chunk_{p}"]) for p in pooled}}
-    summary["optimizer_steps"] = results.optimizer_steps(run_dir / "steps.csv", accelerator.gradient_accumulation_steps)
+    summary["optimizer_steps"] = results.optimizer_steps(run.steps, accelerator.gradient_accumulation_steps)
 
     if strong is not None:
         chunking = Chunking.of(frontend, cfg.evaluation.chunk_seconds)
@@ -532,20 +532,19 @@ def finish(t: Training) -> dict:
                 summary.setdefault("chunk_level", {})[name] = results.scalar_metrics(preds.metrics(names))
 
     if accelerator.is_main_process:
-        models = run_dir / "models"
-        copy_weights(models / f"epoch_{best_at}.pt", models / "best.pt")
-        save_weights(wa_state, models / "wa.pt")
-        best.save(_prediction_path(run_dir, result_split, "best"))
-        wa.save(_prediction_path(run_dir, result_split, "wa"))
-        ensemble.save(_prediction_path(run_dir, result_split, "ensemble"))
-        results.write_result(run_dir / "best_single_result.csv", metrics["best_single"], eval_ids)
-        results.write_result(run_dir / "wa_result.csv", metrics["weight_averaged"], eval_ids)
-        results.write_result(run_dir / "ensemble_result.csv", metrics["checkpoint_ensemble"], eval_ids)
+        copy_weights(run.epoch_weights(best_at), run.weights("best"))
+        save_weights(wa_state, run.weights("wa"))
+        best.save(_prediction_path(run, result_split, "best"))
+        wa.save(_prediction_path(run, result_split, "wa"))
+        ensemble.save(_prediction_path(run, result_split, "ensemble"))
+        results.write_result(run.result("best_single"), metrics["best_single"], eval_ids)
+        results.write_result(run.result("wa"), metrics["weight_averaged"], eval_ids)
+        results.write_result(run.result("ensemble"), metrics["checkpoint_ensemble"], eval_ids)
         for p, preds in pooled.items():
-            preds.save(_prediction_path(run_dir, result_split, f"best_chunk_{p}"))
-            results.write_result(run_dir / f"best_single_chunk_{p}_result.csv", metrics[f"best_chunk_{p}"], eval_ids)
-        results.write_per_class(run_dir / "best_single_per_class_ap.csv", metrics["best_single"])
-        results.write_summary(run_dir / "summary.json", summary)
+            preds.save(_prediction_path(run, result_split, f"best_chunk_{p}"))
+            results.write_result(run.result(f"best_single_chunk_{p}"), metrics[f"best_chunk_{p}"], eval_ids)
+        results.write_per_class(run.per_class_ap, metrics["best_single"])
+        results.write_summary(run.summary, summary)
         accelerator.print(json.dumps(summary, indent=2))
     accelerator.wait_for_everyone()
     return summary
@@ -555,8 +554,8 @@ def _teacher_dirs(cfg: Config) -> list[str]:
     return [str(d) for _, d in teacher_members(cfg.psl.teacher)]
 
 
-def _prediction_path(run_dir: Path, split: str, tag: str) -> Path:
-    path = run_dir / "predictions" / f"{split}_{tag}.npz"
+def _prediction_path(run: RunDir, split: str, tag: str) -> Path:
+    path = run.predictions(split, tag)
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
