@@ -42,12 +42,13 @@ import torch
 from accelerate import Accelerator
 
 from tools import audioset
+from tools.added_labels import AddedLabel, read_added_labels, write_added_labels
 from tools.audioset import Ontology
 from tools.build_shards import class_counts, write_labels
 from trainer.data.atomic import atomic_write, temp_path
 from trainer.data.datasets import index_path, load_records
-from trainer.data.manifest import (DATASET_INFO, ENHANCEMENT, REJECTS, VOCABULARY, AddedLabel, ShardRecord,
-                                   Vocabulary, read_added_labels, write_added_labels)
+from trainer.data.manifest import DATASET_INFO, ENHANCEMENT, REJECTS, VOCABULARY, Vocabulary
+from trainer.data.records import ShardRecord
 from trainer.data.streams import EvalStream
 from trainer.evaluate import predict_clips
 from trainer.rundir import RunDir

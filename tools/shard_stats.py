@@ -23,8 +23,10 @@ import torch
 from tools.audio_io import decode_flac
 from trainer.data.atomic import atomic_write
 from trainer.data.features import KaldiFbank, build_frontend
-from trainer.data.manifest import DATASET_INFO, VOCABULARY, ShardBytes, ShardRecord, Vocabulary, read_manifest
+from trainer.data.manifest import DATASET_INFO, VOCABULARY, Vocabulary, read_manifest
+from trainer.data.records import ShardRecord
 from trainer.data.settings import FeatureConfig
+from trainer.data.shard_bytes import ShardBytes
 
 
 def fbank_stats(dataset_dir: Path, records: list[ShardRecord], max_samples: int, seed: int = 0) -> dict:

@@ -40,7 +40,8 @@ from trainer.data.audio import SAMPLE_RATE, AudioError, from_array, load_audio, 
 from trainer.data.chunks import Chunking
 from trainer.data.datasets import load_records
 from trainer.data.features import FrontEnd, build_frontend
-from trainer.data.manifest import VOCABULARY, RecordTable, Vocabulary
+from trainer.data.manifest import VOCABULARY, Vocabulary
+from trainer.data.records import RecordTable
 from trainer.data.settings import FeatureConfig, LoaderSettings
 from trainer.data.streams import EvalStream
 from trainer.models import FRAME_STRIDE, build_model, load_weights

@@ -34,11 +34,12 @@ from trainer.data.audio import SAMPLE_RATE, encode_flac
 from trainer.data.augment import Augmenter, to_device
 from trainer.data.corrupt import CorruptLog
 from trainer.data.features import FrontEnd
-from trainer.data.manifest import RecordTable, ShardBytes, ShardRecord
+from trainer.data.records import RecordTable, ShardRecord
 from trainer.data.remote import RemoteBytes, is_url
 from trainer.data.sampling import eval_order, train_batches_per_rank, train_order
 from trainer.data.seeding import AUGMENT, SUBSTITUTE, numpy_rng
 from trainer.data.settings import AugmentConfig, LoaderSettings, dali_threads
+from trainer.data.shard_bytes import ShardBytes
 
 
 class _Stream:
