@@ -230,7 +230,7 @@ def setup(cfg: Config, accelerator: Accelerator, data: Splits) -> Training:
     checkpoints = find_checkpoints(cfg.run.resume, cfg.run_dir, log)  # newest first; unreadable ones named, left out
     if checkpoints:  # a resumed run repeats the interrupted one: it keeps that run's seed
         seed = checkpoints[0][1].seed
-        if seed != cfg.run.seed:
+        if seed is not None and seed != cfg.run.seed:
             log(f"warning: run.seed {cfg.run.seed} differs from the checkpoint's seed {seed}; resuming with {seed}")
             cfg.run.seed = seed
     set_seed(cfg.run.seed)
