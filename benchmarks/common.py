@@ -19,7 +19,7 @@ from typing import Any
 import soundfile as sf
 
 from trainer.data.datasets import load_records
-from trainer.data.manifest import ShardBytes
+from trainer.data.shard_bytes import ShardBytes
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / "benchmarks" / ".cache"

@@ -32,7 +32,7 @@ import torch
 from benchmarks.common import dataset, run_module, write_result
 from trainer.data.datasets import load_records
 from trainer.data.features import build_frontend
-from trainer.data.manifest import ShardBytes
+from trainer.data.shard_bytes import ShardBytes
 from trainer.data.settings import AugmentConfig, FeatureConfig, LoaderSettings
 from trainer.data.streams import TrainStream
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import CACHE, write_result
-from trainer.data.manifest import ShardBytes
+from trainer.data.shard_bytes import ShardBytes
 
 
 class MmapBytes:

@@ -58,7 +58,7 @@ def run_one(data: Path, depth: int, other: Path) -> dict:
     torch's libraries (their page faults are not the shards')."""
     from trainer.data.datasets import load_records
     from trainer.data.features import build_frontend
-    from trainer.data.manifest import ShardBytes
+    from trainer.data.shard_bytes import ShardBytes
     from trainer.data.settings import AugmentConfig, FeatureConfig, LoaderSettings
     from trainer.data.streams import TrainStream
 

@@ -92,8 +92,9 @@ def scale_dataset(n: int) -> tuple[Path, float]:
     from benchmarks.common import dataset
     from tools import audioset
     from tools.build_shards import psla_weights
-    from trainer.data.manifest import (DATASET_INFO, MANIFEST, VOCABULARY, WEIGHTS, ShardRecord, read_manifest,
-                                       write_manifest, write_weights)
+    from trainer.data.manifest import (DATASET_INFO, MANIFEST, VOCABULARY, WEIGHTS, read_manifest, write_manifest,
+                                       write_weights)
+    from trainer.data.records import ShardRecord
 
     root = CACHE / f"scale-{n}"
     done = root / "done.json"

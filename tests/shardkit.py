@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from trainer.data.manifest import ShardRecord, Vocabulary, write_manifest
+from trainer.data.manifest import Vocabulary, write_manifest
+from trainer.data.records import ShardRecord
 
 SR = 16000
 

@@ -245,7 +245,7 @@ def test_shard_truncated_under_a_reader_is_an_error_naming_it_not_a_bus_error(bu
     first, last = in_shard[0], in_shard[-1]
     reader = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys
-        from trainer.data.manifest import ShardBytes
+        from trainer.data.shard_bytes import ShardBytes
         read = ShardBytes()
         read.member({str(shard)!r}, {first.offset}, {first.size}).sum()
         read.will_need({str(shard)!r}, {last.offset}, {last.size})

@@ -20,7 +20,8 @@ from tools import audioset
 from tools.audio_io import decode_flac, load_audio, to_pcm16
 from tools.shard_writer import read_index
 from tools.sources import MISSING_FILE, NO_LABELS, TOO_SHORT, UNKNOWN_LABEL, UNREADABLE, DUPLICATE_KEY, read_source
-from trainer.data.manifest import MANIFEST_CACHE, Vocabulary, load_cache, read_manifest, source_stats
+from trainer.data.manifest import MANIFEST_CACHE, Vocabulary, read_manifest, source_stats
+from trainer.data.record_cache import load_cache
 
 
 
@@ -311,7 +312,7 @@ def test_parts_are_disjoint_cover_and_merge(synthetic_dir, tmp_path):
 
 
 def read_manifest_part(out: Path, part: int, num_parts: int):
-    from trainer.data.manifest import ShardRecord
+    from trainer.data.records import ShardRecord
 
     text = (out / f"manifest.p{part}-of-{num_parts}.jsonl").read_text()
     return [ShardRecord.from_json(line) for line in text.splitlines()]

@@ -17,13 +17,14 @@ import torch
 
 from tests.runkit import REPO, launch, tiny_config
 from tools import audioset, shard_stats, verify_shards
+from tools.added_labels import read_added_labels
 from tools.build_shards import psla_weights
 from tools.enhance_labels import (MODEL, ONTOLOGY, EnhanceOptions, class_thresholds, enhance, main, model_additions,
                                   predict_scores, related_classes)
 from trainer.config import Config
 from trainer.data.datasets import load_records
 from trainer.data.manifest import (DATASET_INFO, ENHANCEMENT, MANIFEST, REJECTS, VOCABULARY, WEIGHTS, Vocabulary,
-                                   read_added_labels, read_manifest, read_weights)
+                                   read_manifest, read_weights)
 from trainer.data.settings import DataConfig, FeatureConfig
 from trainer.models import build_model
 from trainer.models.settings import ModelConfig

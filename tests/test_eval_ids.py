@@ -11,7 +11,7 @@ import pytest
 from trainer.config import ConfigError, load_config
 from trainer.data.datasets import resolve_splits
 from trainer.data.eval_ids import EvalIdsError, listed_id, read_ids, select_listed
-from trainer.data.manifest import RecordTable, ShardRecord
+from trainer.data.records import RecordTable, ShardRecord
 from trainer.data.settings import DataConfig
 
 OFFICIAL = """\

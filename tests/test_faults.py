@@ -17,7 +17,7 @@ from accelerate import Accelerator
 from runkit import REPO, launch, repo_pythonpath, tiny_config
 from test_run import _step_losses
 from tools.launch import cpu_launch
-from trainer.checkpointing import SaveFailed, find_checkpoints, load_checkpoint, save_checkpoint, save_weights
+from trainer.checkpointing import Progress, SaveFailed, find_checkpoints, load_checkpoint, save_checkpoint, save_weights
 from trainer.data.datasets import resolve_splits
 from trainer.data.features import build_frontend
 from trainer.data.manifest import read_manifest
@@ -89,7 +89,7 @@ def test_corrupt_clip_skipped_then_sigterm_and_a_resumed_run_repeats_the_losses(
     assert proc.returncode != 0
     assert "preempted by SIGTERM at epoch 1, step" in err and "resume with run.resume=true" in err, err[-2000:]
     (checkpoint, progress), *_ = find_checkpoints(True, tmp_path / "runs" / "cut")
-    assert progress["epoch"] == 0
+    assert progress.epoch == 0
     launch("trainer/run.py", str(config), "run.name=cut", "run.resume=true", processes=2)
     assert _step_losses(tmp_path / "runs" / "cut") == _step_losses(tmp_path / "runs" / "full")
 
@@ -112,7 +112,7 @@ def test_a_failed_save_keeps_the_previous_checkpoint_and_weights(tmp_path, monke
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.Adam(model.parameters())
     model, optimizer = accelerator.prepare(model, optimizer)
-    first = save_checkpoint(accelerator, model, tmp_path, 1, {"epoch": 1, "step": 0})
+    first = save_checkpoint(accelerator, model, tmp_path, Progress(epoch=1, global_step=1))
     save_weights(model.state_dict(), tmp_path / "models" / "best.pt")
     best = (tmp_path / "models" / "best.pt").read_bytes()
 
@@ -123,14 +123,14 @@ def test_a_failed_save_keeps_the_previous_checkpoint_and_weights(tmp_path, monke
         m.setattr(accelerator, "save_state", full_disk)
         with pytest.raises(SaveFailed, match=r"step_00000002 failed .*No space left.* previous checkpoint "
                                              r"\(step_00000001\) is intact"):
-            save_checkpoint(accelerator, model, tmp_path, 2, {"epoch": 2, "step": 0})
+            save_checkpoint(accelerator, model, tmp_path, Progress(epoch=2, global_step=2))
         m.setattr(torch, "save", full_disk)
         with torch.no_grad():
             model.weight.add_(1.0)
         with pytest.raises(SaveFailed, match="best.pt failed"):
             save_weights(model.state_dict(), tmp_path / "models" / "best.pt")
-    assert find_checkpoints(True, tmp_path) == [(first, {"epoch": 1, "step": 0})]
-    assert load_checkpoint(accelerator, find_checkpoints(True, tmp_path)) == (first, {"epoch": 1, "step": 0})
+    assert find_checkpoints(True, tmp_path) == [(first, Progress(epoch=1, global_step=1))]
+    assert load_checkpoint(accelerator, find_checkpoints(True, tmp_path)) == (first, Progress(epoch=1, global_step=1))
     assert (tmp_path / "models" / "best.pt").read_bytes() == best
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step_00000001"]
     assert [p.name for p in (tmp_path / "models").iterdir()] == ["best.pt"]

@@ -17,10 +17,12 @@ import torch
 from tests.shardkit import make_dataset
 from trainer.data.datasets import holdout_mask, in_holdout, load_records, resolve_splits
 from trainer.data.features import build_frontend
-from trainer.data.manifest import (MANIFEST, MANIFEST_CACHE, RecordTable, ShardBytes, ShardRecord, load_cache,
-                                   read_manifest, source_stats)
+from trainer.data.manifest import MANIFEST, MANIFEST_CACHE, read_manifest, source_stats
+from trainer.data.record_cache import load_cache
+from trainer.data.records import RecordTable, ShardRecord
 from trainer.data.sampling import train_order
 from trainer.data.settings import AugmentConfig, DataConfig, FeatureConfig, LoaderSettings, dali_threads
+from trainer.data.shard_bytes import ShardBytes
 from trainer.data.streams import TrainStream
 
 FEAT = build_frontend(FeatureConfig(frontend="mel64", clip_seconds=0.5))

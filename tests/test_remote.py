@@ -24,7 +24,7 @@ from trainer.data.augment import AugmentConfig
 from trainer.data.corrupt import CorruptLog
 from trainer.data.datasets import load_records
 from trainer.data.features import build_frontend
-from trainer.data.manifest import ShardBytes
+from trainer.data.shard_bytes import ShardBytes
 from trainer.data.remote import RemoteBytes, RemoteError, Stores
 from trainer.data.settings import FeatureConfig, LoaderSettings, RemoteSettings
 from trainer.data.streams import EvalStream, TrainStream

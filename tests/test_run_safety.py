@@ -19,14 +19,15 @@ from accelerate import Accelerator
 
 from runkit import REPO, launch, repo_pythonpath, tiny_config
 from test_faults import _tree
-from trainer.checkpointing import CheckpointUnreadable, find_checkpoints, load_checkpoint, save_checkpoint
+from trainer.checkpointing import CheckpointUnreadable, Progress, find_checkpoints, load_checkpoint, save_checkpoint
 from trainer.data.corrupt import CorruptLog, seal
 from trainer.data.datasets import resolve_splits
 from trainer.data.manifest import read_weights, write_weights
 from trainer.data.settings import DataConfig
-from trainer.faults import LOCK, MARKER, RunExists, RunLocked, claim_run_dir
+from trainer.faults import RunExists, RunLocked, claim_run_dir
 from trainer.fingerprint import ResumeMismatch, changes, check_resume, fingerprint
 from trainer.results import read_rows, truncate_rows
+from trainer.rundir import LOCK, MARKER
 
 
 def test_run_names_outside_run_dir_are_refused_and_nothing_is_touched(tmp_path):
@@ -156,14 +157,14 @@ def test_resume_skips_checkpoints_that_do_not_load_and_names_them(tmp_path):
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.Adam(model.parameters())
     model, optimizer = accelerator.prepare(model, optimizer)
-    first = save_checkpoint(accelerator, model, tmp_path, 1, {"epoch": 1, "step": 0})
-    second = save_checkpoint(accelerator, model, tmp_path, 2, {"epoch": 2, "step": 0})
+    first = save_checkpoint(accelerator, model, tmp_path, Progress(epoch=1, global_step=1))
+    second = save_checkpoint(accelerator, model, tmp_path, Progress(epoch=2, global_step=2))
     weights = next(p for p in second.iterdir() if p.name.startswith("model"))
     weights.write_bytes(weights.read_bytes()[:20])  # torn weights: progress.json parses, the state does not load
     lines = []
     candidates = find_checkpoints(True, tmp_path, lines.append)
     assert [p for p, _ in candidates] == [second, first] and not lines
-    assert load_checkpoint(accelerator, candidates, lines.append) == (first, {"epoch": 1, "step": 0})
+    assert load_checkpoint(accelerator, candidates, lines.append) == (first, Progress(epoch=1, global_step=1))
     assert len(lines) == 1 and lines[0].startswith(f"warning: skipping checkpoint {second}: its training state does "
                                                    "not load (")
     (second / "progress.json").write_text("")  # a power loss before the file reached the disk

@@ -15,7 +15,9 @@ import torchaudio
 from tests.servers import s3_bucket, serve
 from tools import shard_stats, verify_shards
 from tools.audio_io import decode_flac
-from trainer.data.manifest import MANIFEST_CACHE, RecordTable, read_manifest, save_cache, source_stats
+from trainer.data.manifest import MANIFEST_CACHE, read_manifest, source_stats
+from trainer.data.record_cache import save_cache
+from trainer.data.records import RecordTable
 
 
 @pytest.fixture

@@ -40,8 +40,9 @@ from trainer.data.audio import AudioTooLong, SampleRateTooLow
 from trainer.data.locks import LockHeld, hold_lock
 from trainer.data.remote import RemoteError, Stores, cache_root, is_url, publish
 from trainer.data.settings import RemoteSettings
-from trainer.data.manifest import (DATASET_INFO, MANIFEST, REJECTS, VOCABULARY, WEIGHTS, RecordTable, ShardRecord,
-                                   Vocabulary, write_manifest, write_manifest_cache, write_weights)
+from trainer.data.manifest import (DATASET_INFO, MANIFEST, REJECTS, VOCABULARY, WEIGHTS, Vocabulary, write_manifest,
+                                   write_manifest_cache, write_weights)
+from trainer.data.records import RecordTable, ShardRecord
 
 BUILDER_VERSION = "1"
 STATE_DIR = ".build"  # per-shard resume state inside the output directory

@@ -43,6 +43,7 @@ from trainer.data.features import build_frontend
 from trainer.data.manifest import Vocabulary, read_manifest
 from trainer.evaluate import training_chunking
 from trainer.metrics import tagging_metrics
+from trainer.rundir import RunDir
 
 SPLITS = ("unbalanced", "balanced", "valid", "eval")
 # (name, title): configs/{name}.yaml, {runs}/{name}_seed{S}
@@ -54,11 +55,12 @@ TABLES = {"quick": ["demo", "demo_weak_10s", "demo_psl_2s"],
 TEACHERLESS = ("demo", "demo_weak_10s", "demo_weak_2s", "demo_oracle_2s")
 TEACHERS = Path("teachers")  # the default world's shipped teachers, teachers/demo_seed{S}
 # what a shipped teacher keeps of its run: what a PSL student rebuilds it from, and what the table reads
-TEACHER_FILES = ("config.yaml", "class_labels_indices.csv", "models/best.pt", "summary.json", "predictions/eval_best.npz",
-                 "predictions/eval_best_chunk_max.npz", "predictions/eval_best_chunk_mean.npz")
-# clip scores: (summary.json's result, the predictions file it was computed from, the column's title)
-SCORES = [("whole", "eval_best.npz", "whole clip"), ("max", "eval_best_chunk_max.npz", "max over chunks"),
-          ("mean", "eval_best_chunk_mean.npz", "mean over chunks")]
+# clip scores: (summary.json's result, the eval predictions' tag it was computed from, the column's title)
+SCORES = [("whole", "best", "whole clip"), ("max", "best_chunk_max", "max over chunks"),
+          ("mean", "best_chunk_mean", "mean over chunks")]
+_HERE = RunDir(Path())
+TEACHER_FILES = tuple(str(p) for p in (_HERE.config, _HERE.vocabulary, _HERE.weights("best"), _HERE.summary,
+                                       *(_HERE.predictions("eval", tag) for _, tag, _ in SCORES)))
 
 
 @dataclass(frozen=True)
@@ -132,12 +134,12 @@ def build_data(world: World, clips: int, eval_clips: int, splits: tuple[str, ...
 
 
 def summary(run: Path) -> dict:
-    return json.loads((run / "summary.json").read_text())
+    return json.loads(RunDir(run).summary.read_text())
 
 
 def passes(run: Path, steps: int, processes: int) -> float:
     """Passes over the run's own training chunks that ``steps`` optimizer steps make (draws / chunks)."""
-    cfg = load_config(run / "config.yaml", check_paths=False)
+    cfg = load_config(RunDir(run).config, check_paths=False)
     clips = len(resolve_splits(cfg.data).train)
     frontend = build_frontend(cfg.features)
     per_clip = training_chunking(frontend, cfg.psl, cfg.features.clip_seconds).count(frontend.num_frames)
@@ -152,8 +154,8 @@ def true_label_scores(run: Path, truth: Path) -> dict[str, dict]:
     table = read_manifest(truth)
     names = Vocabulary.load(truth / "class_labels_indices.csv").names
     out = {}
-    for score, file, _ in SCORES:
-        path = run / "predictions" / file
+    for score, tag, _ in SCORES:
+        path = RunDir(run).predictions("eval", tag)
         if path.exists():
             pred = np.load(path, allow_pickle=False)
             rows = table.find(pred["keys"].tolist())
@@ -263,7 +265,7 @@ def shipped_teacher(world: World, seed: int) -> Path | None:
     exists; None where there is none to use (another world, or no teacher shipped for this seed), or where the
     teacher run exists and is not the shipped one."""
     run, shipped = world.runs / f"demo_seed{seed}", TEACHERS / f"demo_seed{seed}"
-    if world.tag or not (shipped / "models" / "best.pt").is_file():
+    if world.tag or not RunDir(shipped).weights("best").is_file():
         return None
     if not run.exists():
         _copy_files(shipped, run, TEACHER_FILES + ("PROVENANCE.json",))
@@ -274,7 +276,7 @@ def ship_teachers(seeds: list[int]) -> None:
     """Copy the default world's finished teacher runs into teachers/, with the commit that trained them."""
     for seed in seeds:
         run, out = World().runs / f"demo_seed{seed}", TEACHERS / f"demo_seed{seed}"
-        if not (run / "summary.json").exists():
+        if not RunDir(run).summary.exists():
             raise SystemExit(f"{run}: no finished teacher run to ship (train it: --train-teacher --seeds {seed})")
         if out.exists():
             raise SystemExit(f"{out} exists: remove it first (git rm -r {out}) to ship a new teacher")
@@ -300,7 +302,7 @@ def train_rows(world: World, names: list[str], seeds: list[int], processes: int,
                 print(f"{header}: the shipped teacher {shipped} (how it was trained: {shipped / 'PROVENANCE.json'}; "
                       "--train-teacher trains it here)")
                 continue
-            if (run / "summary.json").exists():
+            if RunDir(run).summary.exists():
                 print(f"{header} is complete: reused (delete it to train again)")
                 continue
             print(f"\n== {header} (configs/{name}.yaml; a progress bar per epoch, then a line of its metrics)",

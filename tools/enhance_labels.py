@@ -43,16 +43,18 @@ import torch
 from accelerate import Accelerator
 
 from tools import audioset
+from tools.added_labels import AddedLabel, read_added_labels, write_added_labels
 from tools.audioset import Ontology
 from tools.build_shards import class_counts, write_labels
 from trainer.data.atomic import atomic_write, temp_path
 from trainer.data.datasets import index_path, load_records
-from trainer.data.manifest import (DATASET_INFO, ENHANCEMENT, REJECTS, VOCABULARY, AddedLabel, ShardRecord,
-                                   Vocabulary, read_added_labels, write_added_labels)
+from trainer.data.manifest import DATASET_INFO, ENHANCEMENT, REJECTS, VOCABULARY, Vocabulary
+from trainer.data.records import ShardRecord
 from trainer.data.remote import RemoteError, Stores, fetch_dataset, is_url
 from trainer.data.settings import RemoteSettings
 from trainer.data.streams import EvalStream
 from trainer.evaluate import predict_clips
+from trainer.rundir import RunDir
 from trainer.runs import load_run
 
 ONTOLOGY, MODEL = "ontology", "model"  # the reasons in enhancement.csv
@@ -154,9 +156,9 @@ def predict_scores(run_dir: Path, weights: str, records: Sequence[ShardRecord], 
                    ) -> tuple[np.ndarray, dict[str, str]]:
     """The run's clip probabilities (records × classes; a NaN row for a clip that does not decode) through
     trainer.evaluate.predict_clips, and the clips left out (key -> shard and error)."""
-    run_vocab = Vocabulary.load(run_dir / VOCABULARY)  # before the model, whose head it sizes
+    run_vocab = Vocabulary.load(RunDir(run_dir).vocabulary)  # before the model, whose head it sizes
     if run_vocab.digest() != vocab.digest():
-        raise ValueError(f"{run_dir / VOCABULARY} (digest {run_vocab.digest()}, {len(run_vocab)} classes) is not the "
+        raise ValueError(f"{RunDir(run_dir).vocabulary} (digest {run_vocab.digest()}, {len(run_vocab)} classes) is not the "
                          f"dataset's vocabulary (digest {vocab.digest()}, {len(vocab)} classes): the run's outputs "
                          "mean other classes")
     accelerator = Accelerator(cpu=not torch.cuda.is_available())

@@ -29,9 +29,11 @@ import torch
 from tools.audio_io import decode_flac
 from trainer.data.atomic import atomic_write
 from trainer.data.features import KaldiFbank, build_frontend
-from trainer.data.manifest import DATASET_INFO, VOCABULARY, ShardBytes, ShardRecord, Vocabulary, read_manifest
+from trainer.data.manifest import DATASET_INFO, VOCABULARY, Vocabulary, read_manifest
+from trainer.data.records import ShardRecord
 from trainer.data.remote import RemoteBytes, RemoteError, Stores, cache_root, fetch_dataset, is_url, locate
 from trainer.data.settings import FeatureConfig, RemoteSettings
+from trainer.data.shard_bytes import ShardBytes
 
 AHEAD = 64  # clips asked for ahead when reading by range
 

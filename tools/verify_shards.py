@@ -21,11 +21,13 @@ from typing import Iterable
 
 from tqdm import tqdm
 
+from tools.added_labels import read_added_labels
 from tools.audio_io import SAMPLE_RATE, decode_flac, flac_md5_matches
 from tools.shard_writer import TAR_BLOCK, Member, read_index, scan_tar, split_name
 from trainer.data.datasets import broken_link
-from trainer.data.manifest import (DATASET_INFO, ENHANCEMENT, MANIFEST_CACHE, ShardRecord, load_cache, read_added_labels,
-                                   read_manifest, source_stats)
+from trainer.data.manifest import DATASET_INFO, ENHANCEMENT, MANIFEST_CACHE, read_manifest, source_stats
+from trainer.data.record_cache import load_cache
+from trainer.data.records import ShardRecord
 from trainer.data.remote import RemoteError, Stores, cache_root, fetch_dataset, is_url, locate
 from trainer.data.settings import RemoteSettings
 

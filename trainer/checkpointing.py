@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -17,9 +18,33 @@ from accelerate import Accelerator
 
 from trainer.data.atomic import atomic_write, fsync_dir, fsync_tree, temp_path
 from trainer.faults import check_finite
+from trainer.rundir import RunDir
 
 PROGRESS = "progress.json"
 KEEP = 2  # finished checkpoints kept; the newest is the one resumed from
+
+
+@dataclass
+class Progress:
+    """Where a run stands, saved with each checkpoint (progress.json) and resumed from: ``step`` steps of epoch
+    ``epoch`` (0-based) done, ``global_step`` micro-steps in all; the seed, the training stream's state at that
+    step and the run's fingerprint (trainer/fingerprint.py) it was saved with."""
+
+    epoch: int = 0
+    step: int = 0
+    global_step: int = 0
+    seed: int | None = None
+    stream: dict[str, Any] | None = None
+    fingerprint: dict[str, Any] | None = None
+
+    def first_step(self, epoch: int) -> int:
+        """The step ``epoch`` starts at: where the checkpoint left it for its epoch, 0 for the epochs after."""
+        return self.step if epoch == self.epoch else 0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Progress:
+        return cls(d["epoch"], d["step"], d.get("global_step", 0), d.get("seed"), d.get("stream"),
+                   d.get("fingerprint"))
 
 
 class SaveFailed(RuntimeError):
@@ -30,13 +55,14 @@ class CheckpointUnreadable(RuntimeError):
     """No checkpoint of a run to be resumed loads."""
 
 
-def save_checkpoint(accelerator: Accelerator, model: torch.nn.Module, run_dir: Path, step: int,
-                    progress: dict[str, Any], durable: Iterable[Path] = ()) -> Path:
-    """Collective: every rank calls it. ``progress`` is JSON (epoch, step, data stream state, ...). Refuses
+def save_checkpoint(accelerator: Accelerator, model: torch.nn.Module, run_dir: Path, progress: Progress,
+                    durable: Iterable[Path] = ()) -> Path:
+    """Collective: every rank calls it; the checkpoint is named after ``progress.global_step``. Refuses
     non-finite weights; a failed write leaves the previous checkpoint as the one to resume from. ``durable``:
     files the progress counts on (metrics.csv, steps.csv rows appended so far), made durable with it."""
+    step = progress.global_step
     check_finite(model.state_dict(), f"checkpoint at step {step}")
-    root = run_dir / "checkpoints"
+    root = RunDir(run_dir).checkpoints
     final = root / f"step_{step:08d}"
     tmp = temp_path(final)
     if accelerator.is_main_process:
@@ -47,7 +73,7 @@ def save_checkpoint(accelerator: Accelerator, model: torch.nn.Module, run_dir: P
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             with atomic_write(tmp / PROGRESS) as f:
-                f.write(json.dumps(progress))
+                f.write(json.dumps(asdict(progress)))
             fsync_tree(tmp)  # every file on disk before the directory gets its final name
             for path in durable:
                 if path.is_file():
@@ -74,7 +100,7 @@ def save_checkpoint(accelerator: Accelerator, model: torch.nn.Module, run_dir: P
 
 
 def find_checkpoints(resume: bool | str, run_dir: Path,
-                     log: Callable[[str], None] = print) -> list[tuple[Path, dict[str, Any]]]:
+                     log: Callable[[str], None] = print) -> list[tuple[Path, Progress]]:
     """The finished checkpoints to resume from, newest first (``latest``'s, then the others by step), each with
     its progress; one whose progress.json is missing or does not parse (a power loss before it reached the
     disk) is named in the log and left out. ``resume`` true: this run's (none yet: []); a path: that checkpoint,
@@ -85,7 +111,7 @@ def find_checkpoints(resume: bool | str, run_dir: Path,
     if (path / PROGRESS).exists():
         paths = [path]
     else:
-        root = path / "checkpoints"
+        root = RunDir(path).checkpoints
         paths = sorted(root.glob("step_*"), reverse=True)
         pointer = root / "latest"
         latest = root / pointer.read_text().strip() if pointer.is_file() else None
@@ -103,19 +129,19 @@ def find_checkpoints(resume: bool | str, run_dir: Path,
     return found
 
 
-def read_progress(path: Path) -> dict[str, Any]:
-    """The progress a checkpoint was saved with (epoch, step, seed, data stream state, ...)."""
+def read_progress(path: Path) -> Progress:
+    """The progress a checkpoint was saved with."""
     try:
         progress = json.loads((path / PROGRESS).read_text())
     except (OSError, ValueError) as e:
         raise CheckpointUnreadable(f"{PROGRESS} does not load ({e})") from None
     if not isinstance(progress, dict) or not {"epoch", "step"} <= progress.keys():
         raise CheckpointUnreadable(f"{PROGRESS} is not a checkpoint's progress")
-    return progress
+    return Progress.from_dict(progress)
 
 
-def load_checkpoint(accelerator: Accelerator, candidates: list[tuple[Path, dict[str, Any]]],
-                    log: Callable[[str], None] = print) -> tuple[Path, dict[str, Any]]:
+def load_checkpoint(accelerator: Accelerator, candidates: list[tuple[Path, Progress]],
+                    log: Callable[[str], None] = print) -> tuple[Path, Progress]:
     """Load the first of ``candidates`` (from :func:`find_checkpoints`) whose training state loads, naming each
     one skipped and why; (its path, its progress). Collective: every rank loads the same one."""
     reasons = []
@@ -160,7 +186,7 @@ def weights_path(path: str | Path) -> Path:
     """A weights file, or a run directory standing for its best single model."""
     path = Path(path)
     if path.is_dir():
-        path = path / "models" / "best.pt"
+        path = RunDir(path).weights("best")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such weights file; did that run finish training?")
     return path

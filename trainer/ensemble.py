@@ -23,8 +23,7 @@ from torch import nn
 
 from .data.manifest import VOCABULARY, Vocabulary
 from .metrics import keys_digest, tagging_metrics
-
-PREDICTIONS = Path("predictions") / "eval_best.npz"
+from .rundir import RunDir
 
 
 def _align(keys: Sequence[str], other_keys: Sequence[str], name: str) -> np.ndarray:
@@ -71,7 +70,7 @@ def _mean(outputs: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def _load(run_dir: Path) -> dict[str, np.ndarray]:
-    path = run_dir / PREDICTIONS
+    path = RunDir(run_dir).predictions("eval", "best")
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
     with np.load(path, allow_pickle=False) as z:
@@ -80,7 +79,7 @@ def _load(run_dir: Path) -> dict[str, np.ndarray]:
 
 def _class_names(run_dirs: Sequence[Path], num_classes: int) -> list[str]:
     """Display names from the runs' vocabularies, which must agree (same classes in the same order)."""
-    vocabs = [Vocabulary.load(d / VOCABULARY) for d in run_dirs if (d / VOCABULARY).is_file()]
+    vocabs = [Vocabulary.load(RunDir(d).vocabulary) for d in run_dirs if RunDir(d).vocabulary.is_file()]
     if not vocabs:
         return [f"class_{i}" for i in range(num_classes)]
     if len({v.digest() for v in vocabs}) > 1:

@@ -18,10 +18,7 @@ from accelerate.utils import broadcast_object_list
 
 from trainer.data.atomic import atomic_write
 from trainer.data.locks import LockHeld, hold_lock
-
-RESULTS = ("checkpoints", "metrics.csv", "models")  # what makes a directory a run's
-MARKER = ".audiotag-run"  # written when a run claims its directory: run.overwrite deletes only directories with it
-LOCK = ".lock"  # flock'd by the run's main process while it runs; holds the holder's host, pid and start time
+from trainer.rundir import LOCK, MARKER, RESULTS, RunDir
 
 
 class RunExists(RuntimeError):
@@ -63,7 +60,7 @@ class RunLock:
     process ends (the kernel drops it then, so a crash leaves no stale lock); the file names the holder."""
 
     def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / LOCK
+        self.path = RunDir(run_dir).lock
         self._held = ExitStack()
         try:
             # the holder is written once the claim succeeds: a refused launch changes nothing
@@ -100,8 +97,9 @@ def claim_run_dir(runs: str | Path, name: str, resume: bool | str, overwrite: bo
                     shutil.rmtree(p)  # which removes links inside without following them
                 else:
                     p.unlink()
-        if not (run_dir / MARKER).is_file():
-            with atomic_write(run_dir / MARKER, fsync=True) as f:
+        marker = RunDir(run_dir).marker
+        if not marker.is_file():
+            with atomic_write(marker, fsync=True) as f:
                 json.dump({"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                            "host": socket.gethostname(), "pid": os.getpid()}, f)
         lock.record_holder()

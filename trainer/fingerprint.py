@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from trainer.data.datasets import Splits
-from trainer.data.manifest import RecordTable
+from trainer.data.records import RecordTable
 
 MAY_CHANGE = frozenset({
     "run.name", "run.dir", "run.seed", "run.resume", "run.overwrite", "run.allow_changed",

@@ -10,6 +10,7 @@ from trainer.config import Config
 from trainer.data.datasets import split_local_spec
 from trainer.data.features import KaldiFbank, build_frontend
 from trainer.data.manifest import DATASET_INFO, VOCABULARY, Vocabulary
+from trainer.rundir import RunDir
 from trainer.settings import teacher_members
 
 _SECTIONS = (("best_single", "best single epoch"), ("weight_averaged", "weight-averaged"),
@@ -20,7 +21,7 @@ def model_card(run_dir: str | Path, cfg: Config, vocab: Vocabulary, weights: str
                onnx_name: str) -> str:
     """The card of ``run_dir``'s ``weights`` (best or wa) as Markdown."""
     run_dir = Path(run_dir)
-    summary_path = run_dir / "summary.json"
+    summary_path = RunDir(run_dir).summary
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     frontend = build_frontend(cfg.features)
     m = cfg.model

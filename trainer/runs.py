@@ -15,14 +15,12 @@ from torch import nn
 from trainer.checkpointing import weights_path
 from trainer.config import Config, ConfigError, load_config
 from trainer.data.features import FrontEnd, build_frontend
-from trainer.data.manifest import VOCABULARY, Vocabulary
+from trainer.data.manifest import Vocabulary
 from trainer.data.settings import FeatureConfig
 from trainer.ensemble import MeanEnsemble
 from trainer.models import build_model, load_weights
+from trainer.rundir import RunDir
 from trainer.settings import teacher_members
-
-CONFIG = "config.yaml"  # the resolved config run.py saves (dataset normalisation stats filled in)
-
 
 @dataclass
 class Run:
@@ -37,10 +35,10 @@ class Run:
 
 def load_run(run_dir: str | Path, weights: str = "best", device: torch.device | None = None) -> Run:
     """``run_dir``'s config.yaml, vocabulary and ``models/{weights}.pt``."""
-    run_dir = Path(run_dir)
-    cfg = load_config(run_dir / CONFIG, check_paths=False)
-    vocab = Vocabulary.load(run_dir / VOCABULARY)
-    path = run_dir / "models" / f"{weights}.pt"
+    run = RunDir(run_dir)
+    cfg = load_config(run.config, check_paths=False)
+    vocab = Vocabulary.load(run.vocabulary)
+    path = run.weights(weights)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such weights file; did that run finish training?")
     model = build_model(cfg.model, len(vocab), load_pretrained=False)
@@ -64,11 +62,11 @@ def build_teacher(teacher: str | Path | Sequence[str | Path], features: FeatureC
 
 
 def _teacher_member(key: str, run_dir: Path, features: FeatureConfig, vocab: Vocabulary) -> nn.Module:
-    teacher_cfg = load_config(run_dir / CONFIG, check_paths=False)
+    teacher_cfg = load_config(RunDir(run_dir).config, check_paths=False)
     if teacher_cfg.features != features:
         raise ConfigError(f"{key}: {run_dir} was trained on features {teacher_cfg.features}, "
                           f"this run uses {features}; the teacher would label features it never saw")
-    teacher_vocab = run_dir / VOCABULARY
+    teacher_vocab = RunDir(run_dir).vocabulary
     if Vocabulary.load(teacher_vocab).digest() != vocab.digest():
         raise ConfigError(f"{key}: {teacher_vocab} is not the data's vocabulary; its outputs mean other classes")
     model = build_model(teacher_cfg.model, len(vocab), load_pretrained=False)

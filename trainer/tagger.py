@@ -40,13 +40,15 @@ from trainer.data.audio import SAMPLE_RATE, AudioError, from_array, load_audio, 
 from trainer.data.chunks import Chunking
 from trainer.data.datasets import load_records
 from trainer.data.features import FrontEnd, build_frontend
-from trainer.data.manifest import VOCABULARY, RecordTable, Vocabulary
+from trainer.data.manifest import VOCABULARY, Vocabulary
+from trainer.data.records import RecordTable
 from trainer.data.settings import FeatureConfig, LoaderSettings
 from trainer.data.streams import EvalStream
 from trainer.evaluate import Pooling, pool_chunks
 from trainer.models import FRAME_STRIDE, build_model, load_weights
 from trainer.models.settings import ModelConfig
-from trainer.runs import CONFIG, load_run
+from trainer.rundir import RunDir
+from trainer.runs import load_run
 
 Audio = Union[str, Path, np.ndarray]
 EXPORT_CONFIG = "config.json"  # an export's front-end and model settings (trainer.export writes it)
@@ -113,7 +115,7 @@ class Tagger:
                  batch_size: int = 16) -> "Tagger":
         """A run directory's ``models/{weights}.pt`` (best or wa) with its resolved config and vocabulary, or an
         export directory (:meth:`from_export`, whose weights are the ones exported)."""
-        if not (Path(path) / CONFIG).is_file() and (Path(path) / EXPORT_CONFIG).is_file():
+        if not RunDir(path).config.is_file() and (Path(path) / EXPORT_CONFIG).is_file():
             return cls.from_export(path, device, batch_size)
         run = load_run(path, weights, _device(device))
         return cls(run.frontend, run.vocab, run.model, run.device, batch_size)

@@ -14,8 +14,6 @@ import os
 import warnings
 from pathlib import Path
 
-CORRUPT_SAMPLES = "corrupt_samples.jsonl"
-
 
 class TooManyCorrupt(RuntimeError):
     """More of the training set failed to decode than a run tolerates."""

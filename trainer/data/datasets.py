@@ -18,7 +18,8 @@ import numpy as np
 from braceexpand import braceexpand
 
 from trainer.data.eval_ids import EvalSelection, select_listed
-from trainer.data.manifest import DATASET_INFO, VOCABULARY, RecordTable, Vocabulary, key_hash, read_manifest
+from trainer.data.manifest import DATASET_INFO, VOCABULARY, Vocabulary, read_manifest
+from trainer.data.records import RecordTable, key_hash
 from trainer.data.remote import Stores, check_shards, fetch_dataset, is_url, locate, split_spec
 from trainer.data.settings import DataConfig, FeatureConfig, RemoteSettings
 

@@ -19,10 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from trainer.data.atomic import atomic_write
-from trainer.data.manifest import RecordTable
+from trainer.data.records import RecordTable
 
 HEADER_CELLS = {"ytid", "id", "key"}  # a first row starting with one of these names the columns
-MISSING_IDS = "eval_missing_ids.txt"  # in the run directory: the listed ids no eval record matches
 
 
 class EvalIdsError(ValueError):

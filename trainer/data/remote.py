@@ -35,8 +35,9 @@ import numpy as np
 from braceexpand import braceexpand
 
 from trainer.data.atomic import atomic_write
-from trainer.data.manifest import DATASET_INFO, ENHANCEMENT, MANIFEST, VOCABULARY, WEIGHTS, ShardBytes
+from trainer.data.manifest import DATASET_INFO, ENHANCEMENT, MANIFEST, VOCABULARY, WEIGHTS
 from trainer.data.settings import RemoteSettings
+from trainer.data.shard_bytes import ShardBytes
 
 SCHEMES = ("http", "https", "s3", "gs")
 SMALL_FILES = {MANIFEST: True, VOCABULARY: True, WEIGHTS: False, DATASET_INFO: False, ENHANCEMENT: False}  # required?
@@ -354,7 +355,7 @@ class ShardCache:
 
 
 class RemoteBytes:
-    """:class:`trainer.data.manifest.ShardBytes`'s interface over shards at URLs: ``will_need`` queues a
+    """:class:`trainer.data.shard_bytes.ShardBytes`'s interface over shards at URLs: ``will_need`` queues a
     member's range, the queue is sent (coalesced, on a bounded pool) at the next ``member`` call, and
     ``member`` returns the bytes, read now if nothing asked for them. A member whose read failed for good
     raises the same RemoteError whenever it is read again in this process (so the stream's search for the bad

@@ -63,9 +63,11 @@ class DataConfig:
     max_batch_per_process: Optional[int] = None  # memory cap: a larger per-process batch accumulates gradients
     weighted: bool = True  # PSLA balanced sampling: draws ∝ weights.csv, with replacement
     num_samples: Optional[int] = None  # draws per epoch; default: training set size
-    num_threads: Union[int, Literal["auto"]] = "auto"  # DALI CPU threads per process; auto: see dali_threads
-    prefetch: int = 2  # DALI prefetch queue depth
-    readahead: int = 4  # batches read ahead of DALI into the page cache (0: off)
+    # the loader's settings (LoaderSettings holds their defaults): DALI CPU threads per process (auto: see
+    # dali_threads), DALI's prefetch queue depth, batches read ahead of DALI into the page cache (0: off)
+    num_threads: Union[int, Literal["auto"]] = LoaderSettings.num_threads
+    prefetch: int = LoaderSettings.prefetch
+    readahead: int = LoaderSettings.readahead
     on_corrupt: Literal["fail", "skip"] = "skip"  # a training sample that does not decode: stop, or skip and log it
     max_corrupt_fraction: float = 0.001  # stop when more of the training set than this has been skipped
     remote: RemoteSettings = field(default_factory=RemoteSettings)  # datasets at URLs

@@ -13,6 +13,8 @@ training it is skipped (with a :class:`CorruptLog`) or stops the run naming it; 
 to the first decodable sample of a sequence drawn for that slot from (seed, epoch, step, rank, slot), so
 batches stay full and depend only on which samples are corrupt, not on when that was found: a resumed run
 repeats the uninterrupted one. Evaluation leaves a corrupt clip out and reports it (:attr:`EvalStream.missing`).
+Which records each batch holds is its plan's, in plain Python: trainer/data/plans.py (:class:`TrainPlan`,
+:class:`EvalPlan`).
 """
 from __future__ import annotations
 
@@ -20,7 +22,6 @@ import io
 import queue
 import tempfile
 import threading
-import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -34,19 +35,23 @@ from trainer.data.audio import SAMPLE_RATE, encode_flac
 from trainer.data.augment import Augmenter, to_device
 from trainer.data.corrupt import CorruptLog
 from trainer.data.features import FrontEnd
-from trainer.data.manifest import RecordTable, ShardBytes, ShardRecord
+from trainer.data.plans import EvalPlan, TrainPlan
+from trainer.data.records import RecordTable, ShardRecord
 from trainer.data.remote import RemoteBytes, is_url
-from trainer.data.sampling import eval_order, train_batches_per_rank, train_order
-from trainer.data.seeding import AUGMENT, SUBSTITUTE, numpy_rng
+from trainer.data.seeding import AUGMENT, numpy_rng
 from trainer.data.settings import AugmentConfig, LoaderSettings, dali_threads
+from trainer.data.shard_bytes import ShardBytes
 
 
 class _Stream:
-    """What both streams share: the DALI pipeline over planned batches of record indices.
+    """The DALI pipeline over the batches of record indices its :attr:`plan` (trainer/data/plans.py) lays out: a
+    :class:`TrainPlan` (:class:`TrainStream`) or an :class:`EvalPlan` (:class:`EvalStream`).
 
     ``records``: a :class:`RecordTable` (what ``trainer.data.datasets`` loads), or any sequence of
     :class:`ShardRecord`, turned into one.
     """
+
+    plan: TrainPlan | EvalPlan
 
     def __init__(self, records: Sequence[ShardRecord], vocab_size: int, loader: LoaderSettings, frontend: FrontEnd,
                  rank: int, world_size: int, device: torch.device) -> None:
@@ -119,7 +124,7 @@ class _Stream:
         ahead: deque[tuple[int, list[int], Future]] = deque()
         for i in range(start, stop):
             # one thread drives the pipeline, in order; the workers only see torch tensors
-            out, idx = self._run(i) if self._batch(i) else (None, [])
+            out, idx = self._run(i) if self.plan.batch(i) else (None, [])
             ahead.append((i, idx, self._submit(self._tail, i, out, idx)))
             if len(ahead) > self._workers:
                 j, idx, job = ahead.popleft()
@@ -139,40 +144,22 @@ class _Stream:
         augmentation)."""
         return self.frontend.finish(out), y
 
-    def _key(self, i: int) -> Hashable:
-        """Identity of batch ``i`` of the current pass, as the plan names it."""
-        raise NotImplementedError
-
-    def _batch(self, i: int) -> list[int]:
-        """Record indices of batch ``i`` of the current pass, corrupt samples excluded."""
-        raise NotImplementedError
-
-    def _plan(self, start: int) -> Iterator[tuple[Hashable, list[int]]]:
-        """(key, record indices) from batch ``start`` of the current pass on, running on into the passes
-        that follow, so DALI's prefetch crosses pass boundaries instead of the pipeline being rebuilt."""
-        raise NotImplementedError
-
-    def _exclude(self, bad: dict[int, str], i: int) -> None:
-        """Take the corrupt samples ``bad`` (record index → error), found at batch ``i``, out of the batches
-        planned from now on, or raise."""
-        raise NotImplementedError
-
     def _run(self, i: int) -> tuple[list[torch.Tensor], list[int]]:
         """DALI's outputs for batch ``i`` and the record indices they hold: from the standing pipeline when
         it is the next one queued (the usual case, also across epochs), else from a new pipeline planned from
         ``i``; a failed batch has its corrupt samples excluded and is planned again."""
         while True:
-            if self._pipe is None or not self._queued or self._queued[0][0] != self._key(i):
+            if self._pipe is None or not self._queued or self._queued[0][0] != self.plan.key(i):
                 self._pipe = None  # stops the old pipeline's threads and frees its prefetched batches first
                 self._queued.clear()
-                self._pipe = self._pipeline(self._plan(i))
+                self._pipe = self._pipeline(self.plan.plan(i))
             try:
                 out = self._pipe.run(self._stream)  # on a GPU: ready on, and bound to, the consumer's stream
             except Exception as e:  # DALI reports a failed decode for the whole batch
-                taken = [idx for _, idx in self._queued] or [self._batch(i)]
+                taken = [idx for _, idx in self._queued] or [self.plan.batch(i)]
                 self._pipe = None
                 self._queued.clear()
-                self._exclude(self._blame(taken, e), i)
+                self.plan.exclude(self._blame(taken, e), i)
                 continue
             return [self._to_torch(o) for o in out], self._queued.popleft()[1]
 
@@ -250,14 +237,9 @@ class _Stream:
                            f"{sorted({self.records.shard(i) for i in batches[0]})}), none of them corrupt: "
                            f"{error}") from error
 
-    def _corrupt_error(self, bad: dict[int, str]) -> RuntimeError:
-        i, error = next(iter(bad.items()))
-        rec = self.records[i]
-        return RuntimeError(f"corrupt FLAC member {rec.key}.flac in shard {rec.shard}: {error}")
-
 
 class TrainStream(_Stream):
-    """Training batches: PSLA weighted (or uniform) sampling, augmentation, resumable mid-epoch.
+    """Training batches of a :class:`TrainPlan` (weighted or uniform sampling, resumable mid-epoch), augmented.
 
     ``corrupt`` None: a sample that fails to decode stops the run, naming it (``data.on_corrupt: fail``);
     a :class:`CorruptLog`: it is skipped, logged there and replaced (``skip``).
@@ -267,148 +249,58 @@ class TrainStream(_Stream):
                  augment: AugmentConfig, seed: int, rank: int, world_size: int, device: torch.device,
                  weighted: bool = True, num_samples: int | None = None, corrupt: CorruptLog | None = None) -> None:
         super().__init__(records, vocab_size, loader, frontend, rank, world_size, device)
-        self.seed = seed
-        self.weighted = weighted  # PSLA: draws ∝ the records' weights, with replacement
-        self.epoch = 0
-        self.position = 0  # batches of this epoch handed to the caller
-        self.num_samples = num_samples or len(self.records)
+        self.plan = TrainPlan(self.records, loader.batch_size, seed, rank, world_size, weighted, num_samples, corrupt)
         self.augment = Augmenter(augment, frontend)
         self._waveforms = self.augment.mixes_waveforms
-        self.corrupt = corrupt
-        # the weight column itself where it is a writable float64 array (a copy where it is the cache's map)
-        self._weights = torch.from_numpy(np.require(self.records.weight, np.float64, ["C", "W"]))
-        self._orders: dict[int, np.ndarray] = {}  # batches × batch size record indices of the epochs being planned
-        self._bad: set[int] = set()  # record indices known corrupt
-        self._cumulative: np.ndarray | None = None  # cumulative weights, for drawing substitutes
 
     def __len__(self) -> int:
-        return train_batches_per_rank(self.num_samples, self.loader.batch_size, self.world_size)
+        return len(self.plan)
 
     def set_epoch(self, epoch: int) -> None:
         """Move to ``epoch``; setting the current epoch again keeps a resumed position."""
-        if epoch != self.epoch:
-            self.epoch, self.position = epoch, 0
+        self.plan.set_epoch(epoch)
 
     def batches(self, epoch: int | None = None) -> np.ndarray:
-        """This rank's record indices of ``epoch`` (default: the current one), one row per batch, as drawn
-        (before corrupt samples are replaced)."""
-        epoch = self.epoch if epoch is None else epoch
-        if epoch not in self._orders:
-            order = train_order(self._weights, self.num_samples, self.weighted, self.loader.batch_size,
-                                self.seed, epoch, self.rank, self.world_size)
-            self._orders = {e: b for e, b in self._orders.items() if e >= self.epoch}
-            # an array, not lists of Python ints: an AudioSet-scale epoch is millions of draws
-            self._orders[epoch] = order.view(-1, self.loader.batch_size).contiguous().numpy()
-        return self._orders[epoch]
-
-    def _final(self, epoch: int, i: int, drawn: np.ndarray) -> list[int]:
-        """Batch ``i`` of ``epoch`` with each corrupt sample replaced by the first decodable one drawn for
-        its slot (as the sampler draws: by weight, or uniformly)."""
-        idx = drawn.tolist()
-        if self._bad.isdisjoint(idx):
-            return idx
-        out = list(idx)
-        for slot, r in enumerate(idx):
-            if r in self._bad:
-                rng = numpy_rng(self.seed, SUBSTITUTE, epoch, i, self.rank, slot)
-                while r in self._bad:
-                    r = self._draw(rng)
-                out[slot] = r
-        return out
-
-    def _draw(self, rng: np.random.Generator) -> int:
-        if not self.weighted:
-            return int(rng.integers(len(self.records)))
-        if self._cumulative is None:
-            self._cumulative = np.cumsum(self._weights.numpy())
-        at = np.searchsorted(self._cumulative, rng.random() * self._cumulative[-1], side="right")
-        return int(min(at, len(self.records) - 1))
-
-    def _batch(self, i: int) -> list[int]:
-        return self._final(self.epoch, i, self.batches()[i])
-
-    def _key(self, i: int) -> Hashable:
-        return self.seed, self.epoch, i
-
-    def _plan(self, start: int) -> Iterator[tuple[Hashable, list[int]]]:
-        self._refresh()
-        epoch = self.epoch
-        while True:
-            batches = self.batches(epoch)
-            for i in range(start, len(batches)):
-                yield (self.seed, epoch, i), self._final(epoch, i, batches[i])
-            epoch, start = epoch + 1, 0
-
-    def _refresh(self) -> None:
-        """Take in the corrupt samples other ranks (or an earlier run of this one) found."""
-        known = self.corrupt.refresh() if self.corrupt is not None else set()
-        self._bad = set(self.records.find(known).values())
-
-    def _exclude(self, bad: dict[int, str], i: int) -> None:
-        if self.corrupt is None:
-            raise self._corrupt_error(bad)
-        for j, error in bad.items():
-            self.corrupt.add(self.records.key(j), self.records.shard(j), error, self.epoch + 1, i + 1)
-        self._refresh()
+        """This rank's record indices of ``epoch`` (default: the current one), one row per batch, as drawn."""
+        return self.plan.batches(epoch)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """The rest of the current epoch (nothing once it is consumed: call set_epoch to move on)."""
-        for i, idx, x, y in self._features(self.position, len(self)):
-            self.position = i + 1
+        for i, idx, x, y in self._features(self.plan.position, len(self)):
+            self.plan.position = i + 1
             yield {"features": x, "labels": y, "keys": self.records.keys(idx)}
 
     def _post(self, i: int, out: Sequence[torch.Tensor], y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        rng = numpy_rng(self.seed, AUGMENT, self.epoch, i, self.rank)
+        rng = numpy_rng(self.plan.seed, AUGMENT, self.plan.epoch, i, self.rank)
         out, y = self.augment.mix_waveforms(out, y, rng)  # waveform mixup, before the tail's features
         return self.augment(self.frontend.finish(out), y, rng)
 
     def state_dict(self) -> dict[str, int]:
         """Where the stream is; the seed is the run's, held by the caller."""
-        return {"epoch": self.epoch, "position": self.position}
+        return self.plan.state_dict()
 
     def load_state_dict(self, sd: dict[str, int]) -> None:
-        self.epoch, self.position = int(sd["epoch"]), int(sd["position"])
+        self.plan.load_state_dict(sd)
 
 
 class EvalStream(_Stream):
-    """Evaluation batches in manifest order: every sample exactly once across ranks, never padded.
-
-    A clip that fails to decode is left out of every later pass and reported in :attr:`missing`
-    (key → shard and error): evaluation never drops a clip silently.
-    """
+    """Evaluation batches of an :class:`EvalPlan`: manifest order, every sample exactly once across ranks, never
+    padded; a clip that fails to decode is left out and reported in :attr:`missing` (key → shard and error)."""
 
     def __init__(self, records: Sequence[ShardRecord], vocab_size: int, loader: LoaderSettings, frontend: FrontEnd,
                  rank: int, world_size: int, device: torch.device) -> None:
         super().__init__(records, vocab_size, loader, frontend, rank, world_size, device)
-        self._batches = [b.tolist() for b in eval_order(len(self.records), loader.batch_size, rank, world_size)]
-        self.missing: dict[str, str] = {}
+        self.plan = EvalPlan(self.records, loader.batch_size, rank, world_size)
+
+    @property
+    def missing(self) -> dict[str, str]:
+        return self.plan.missing
 
     def __len__(self) -> int:
-        return len(self._batches)
-
-    def _key(self, i: int) -> Hashable:
-        return i
-
-    def _batch(self, i: int) -> list[int]:
-        return self._batches[i]
-
-    def _plan(self, start: int) -> Iterator[tuple[Hashable, list[int]]]:
-        while True:  # every pass is the same
-            for i in range(start, len(self._batches)):
-                if self._batches[i]:
-                    yield i, self._batches[i]
-            start = 0
-
-    def _exclude(self, bad: dict[int, str], i: int) -> None:
-        for j, error in bad.items():
-            key, shard = self.records.key(j), self.records.shard(j)
-            self.missing[key] = f"{shard}: {error}"
-            warnings.warn(f"evaluation clip {key} in {shard} does not decode ({error}): left out, and reported "
-                          "with the results", stacklevel=2)
-        self._batches = [[j for j in b if j not in bad] for b in self._batches]
+        return len(self.plan)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        for _, idx, x, y in self._features(0, len(self._batches)):
+        for _, idx, x, y in self._features(0, len(self.plan)):
             yield {"features": x, "labels": y, "keys": self.records.keys(idx)}
 
 
