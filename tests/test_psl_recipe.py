@@ -231,6 +231,9 @@ def test_demo_table_states_both_clip_scores_both_label_sets_and_each_rows_budget
     assert lines[3] == (f"| PSL-2s | 0.600 / {t} | 0.700 / {t} (1 s) | 0.400 / {t} (1 s) | 1.000 | 0.300 | 30 | 3 | "
                         f"{30 * 8 / (4 * clips):.1f} |")
     assert stats["demo_psl_2s"]["max"] == (0.7, 0.0) and stats["demo_psl_2s"]["true_max"] == (expected, 0.0)
+    shipped = tmp_path / "runs" / "demo_weak_10s_seed0" / "config.yaml"  # a shipped teacher's data is not built
+    shipped.write_text(shipped.read_text().replace(str(built_shards["train"]), str(tmp_path / "not_built")))
+    assert demo.table(list(rows), [0])[0].splitlines()[2].endswith("| 30 | 3 | – |")
 
 
 def test_demo_worlds_keep_their_data_shards_and_runs_apart():

@@ -137,10 +137,14 @@ def summary(run: Path) -> dict:
     return json.loads(RunDir(run).summary.read_text())
 
 
-def passes(run: Path, steps: int, processes: int) -> float:
-    """Passes over the run's own training chunks that ``steps`` optimizer steps make (draws / chunks)."""
+def passes(run: Path, steps: int, processes: int) -> float | None:
+    """Passes over the run's own training chunks that ``steps`` optimizer steps make (draws / chunks); None where
+    the run's training data is not here (a shipped teacher: the quick demo builds no teacher-only shards)."""
     cfg = load_config(RunDir(run).config, check_paths=False)
-    clips = len(resolve_splits(cfg.data).train)
+    try:
+        clips = len(resolve_splits(cfg.data).train)
+    except FileNotFoundError:
+        return None
     frontend = build_frontend(cfg.features)
     per_clip = training_chunking(frontend, cfg.psl, cfg.features.clip_seconds).count(frontend.num_frames)
     per_draw = min(cfg.psl.chunks_per_clip or per_clip, per_clip)
@@ -165,6 +169,10 @@ def true_label_scores(run: Path, truth: Path) -> dict[str, dict]:
             out[score] = tagging_metrics(pred["probs"], table.multi_hot([rows[k] for k in pred["keys"]], len(names)),
                                          names)
     return out
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f}"
 
 
 def _stat(vals: list[float]) -> tuple[float, float]:
@@ -210,7 +218,7 @@ def table(names: list[str], seeds: list[int], processes: int = 2, world: World =
         steps = [r.get("optimizer_steps") for r in runs]
         budget = ["/".join(str(n) for n in steps) if None not in steps else "–",
                   "/".join(str(r["epochs_trained"]) for r in runs),
-                  "/".join(f"{passes(d, n, processes):.1f}" for d, n in zip(dirs, steps)) if None not in steps else "–"]
+                  "/".join(_fmt(passes(d, n, processes)) for d, n in zip(dirs, steps)) if None not in steps else "–"]
         lines.append(f"| {titles[name]} | {' | '.join(scores)} | {cell['dprime']} | {cell['chunk']} | "
                      f"{' | '.join(budget)} |")
     teacher_chunks = [r["chunk_level"]["teacher"]["mAP"] for r in

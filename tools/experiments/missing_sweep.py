@@ -1,5 +1,6 @@
 """The missing-label sweep (issue 28): does PSL's gain over weak 10 s labels grow with the rate of missing weak
 labels? For each world trained by ``python -m tools.demo --table sweep --missing M --seeds ...``, prints per seed
+(those whose runs have finished)
 PSL-10s − weak-10s and PSL-2s − weak-10s in whole-clip mAP on eval, against the world's AudioSet-like eval labels
 and against the true labels of the same clips, then mean ± half the range over the seeds.
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 from tools.demo import World, _stat, summary, true_label_scores
+from trainer.rundir import RunDir
 
 ROWS = {"PSL-10s": "demo_psl_10s", "PSL-2s": "demo_psl_2s"}
 BASE = "demo_weak_10s"
@@ -21,20 +23,27 @@ def clip_maps(world: World, name: str, seed: int) -> tuple[float, float]:
     return summary(run)["best_single"]["mAP"], true_label_scores(run, world.shards("eval_clean"))["whole"]["mAP"]
 
 
+def finished(world: World, seed: int) -> bool:
+    return all(RunDir(world.runs / f"{name}_seed{seed}").summary.exists() for name in (BASE, *ROWS.values()))
+
+
 def sweep(missing: list[str], seeds: list[int]) -> str:
-    """The markdown table: a row per world and comparison, the differences per seed and their mean ± half-range."""
-    lines = ["| missing labels | comparison | eval labels | " + " | ".join(f"seed {s}" for s in seeds)
-             + " | mean ± half range |", "|---|---|---|" + "---|" * (len(seeds) + 1)]
+    """The markdown table: a row per world, comparison and eval label set, with the differences per seed (the
+    seeds whose three runs have finished in that world) and their mean ± half-range."""
+    lines = ["| missing labels | comparison | eval labels | per seed (seed) | mean ± half range |", "|---|---|---|---|---|"]
     for m in missing:
         world = World(missing=m)
-        base = {s: clip_maps(world, BASE, s) for s in seeds}
+        done = [s for s in seeds if finished(world, s)]
+        if not done:
+            continue
+        base = {s: clip_maps(world, BASE, s) for s in done}
         for title, name in ROWS.items():
-            rows = {s: clip_maps(world, name, s) for s in seeds}
+            rows = {s: clip_maps(world, name, s) for s in done}
             for k, labels in enumerate(("AudioSet-like", "true")):
-                diffs = [rows[s][k] - base[s][k] for s in seeds]
+                diffs = [rows[s][k] - base[s][k] for s in done]
                 mean, half = _stat(diffs)
-                lines.append(f"| {m} | {title} − weak-10s | {labels} | " + " | ".join(f"{d:+.3f}" for d in diffs)
-                             + f" | {mean:+.3f} ± {half:.3f} |")
+                lines.append(f"| {m} | {title} − weak-10s | {labels} | "
+                             + ", ".join(f"{d:+.3f} ({s})" for d, s in zip(diffs, done)) + f" | {mean:+.3f} ± {half:.3f} |")
     return "\n".join(lines)
 
 
