@@ -180,7 +180,7 @@ def test_builder_uploads_each_shard_when_finished_manifest_last_and_resumes(synt
     """``build_shards --out s3://…``: each shard (tar and index) is handed to the uploader as soon as it is
     finished, while the next is built; the manifest goes last; an upload that fails stops the run before the
     manifest (a reader never sees the dataset), and the next run sends what is missing."""
-    stage = tmp_path / "stage"
+    stage = tmp_path / "stage"  # the bucket is the session's: a prefix no other test writes to
     sent, seen_at_finish, failed = [], [], []
     upload, build = Stores.upload, build_shards_module.build
 
@@ -199,19 +199,19 @@ def test_builder_uploads_each_shard_when_finished_manifest_last_and_resumes(synt
 
     monkeypatch.setattr(Stores, "upload", failing_upload)
     monkeypatch.setattr(build_shards_module, "build", watched_build)
-    args = [str(synthetic_dir / "unbalanced.json"), "--out", "s3://audio/sets/syntrain", "--stage", str(stage),
+    args = [str(synthetic_dir / "unbalanced.json"), "--out", "s3://audio/builder/syntrain", "--stage", str(stage),
             "--labels", str(synthetic_dir / "class_labels_indices.csv"), "--workers", "1", "--shard-samples", "16",
             "--no-progress"]
     with s3_bucket(monkeypatch) as s3:
         assert build_shards(args) == 2  # shard 1's upload failed: no manifest sent
         assert seen_at_finish == [[f"syntrain-{i:06d}.tar" for i in range(n)] for n in (1, 2, 3)]
         assert "manifest.jsonl" not in sent and sent.index("syntrain-000000.tar") < sent.index("syntrain-000002.tar")
-        keys = {o["Key"] for o in s3.list_objects_v2(Bucket="audio", Prefix="sets/syntrain/").get("Contents", [])}
-        assert "sets/syntrain/manifest.jsonl" not in keys and "sets/syntrain/syntrain-000001.tar" not in keys
+        keys = {o["Key"] for o in s3.list_objects_v2(Bucket="audio", Prefix="builder/syntrain/").get("Contents", [])}
+        assert "builder/syntrain/manifest.jsonl" not in keys and "builder/syntrain/syntrain-000001.tar" not in keys
         sent.clear()
         assert build_shards(args) == 0  # run again: nothing rebuilt, the missing shard, then the rest, manifest last
         assert sent[0] == "syntrain-000001.tar" and sent[-1] == "manifest.jsonl" and "syntrain-000000.tar" not in sent
-        remote = load_records("s3://audio/sets/syntrain", cached(tmp_path / "cache"))
+        remote = load_records("s3://audio/builder/syntrain", cached(tmp_path / "cache"))
         local = load_records(str(built_shards["train"]))
         assert all(np.array_equal(a, b) for a, b in zip(remote[0].columns().values(), local[0].columns().values()))
         assert remote[1] == local[1] and len(remote[0].shards) == 3
