@@ -344,7 +344,7 @@ class MiniMel32(Mel64):
     name: ClassVar[str] = "mini_mel32"
     num_mels: ClassVar[int] = 32
     hop: ClassVar[int] = 2 * HOP
-    frames_per_second: ClassVar[int] = SAMPLE_RATE // (2 * HOP)
+    frames_per_second: ClassVar[int] = SAMPLE_RATE // hop
 
 
 FRONTENDS: dict[str, type[FrontEnd]] = {cls.name: cls for cls in (KaldiFbank, Mel64, MiniMel32)}
