@@ -4,6 +4,7 @@ the demo's students, and clip scores both ways (whole-clip forward, max / mean o
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -234,6 +235,17 @@ def test_demo_table_states_both_clip_scores_both_label_sets_and_each_rows_budget
     shipped = tmp_path / "runs" / "demo_weak_10s_seed0" / "config.yaml"  # a shipped teacher's data is not built
     shipped.write_text(shipped.read_text().replace(str(built_shards["train"]), str(tmp_path / "not_built")))
     assert demo.table(list(rows), [0])[0].splitlines()[2].endswith("| 30 | 3 | – |")
+    # the missing-label sweep from the same runs: per seed whose three rows finished, the gain over weak-10s
+    from tools.experiments import missing_sweep
+
+    ten = tmp_path / "runs" / "demo_psl_10s_seed0"
+    shutil.copytree(tmp_path / "runs" / "demo_weak_10s_seed0", ten)
+    (ten / "summary.json").write_text(json.dumps({"best_single": {"mAP": 0.8}}))
+    lines = missing_sweep.sweep(["audioset", "0"], [0, 1], ratios=[30]).splitlines()
+    assert lines[2:] == ["| audioset | PSL-10s − weak-10s | AudioSet-like | +0.300 (0) | +0.300 ± 0.000 |",
+                         "| audioset | PSL-10s − weak-10s | true | +0.000 (0) | +0.000 ± 0.000 |",
+                         "| audioset | PSL-2s − weak-10s | AudioSet-like | +0.100 (0) | +0.100 ± 0.000 |",
+                         "| audioset | PSL-2s − weak-10s | true | +0.000 (0) | +0.000 ± 0.000 |"]  # no other world ran
 
 
 def test_demo_worlds_keep_their_data_shards_and_runs_apart():
@@ -242,14 +254,21 @@ def test_demo_worlds_keep_their_data_shards_and_runs_apart():
     default, none, clean = World(), World(missing="0"), World(kind="clean")
     assert (default.data, default.shards("eval"), default.runs) == (Path("data/demo"), Path("shards/demo_eval"),
                                                                    Path("runs"))
-    assert default.overrides("demo_psl_2s") == []  # the configs' own paths
+    assert default.overrides("demo_psl_2s", 1200) == []  # the configs' own paths
     assert none.shards("eval_clean") == Path("shards/demo_missing-0_eval_clean") and "eval_clean" in none.splits
     assert "eval_clean" not in clean.splits and clean.generate(10, 5)[-2:] == ["--world", "clean"]
     assert none.generate(10, 5)[-2:] == ["--missing", "0"]
-    teacher, oracle = none.overrides("demo"), none.overrides("demo_oracle_2s")
+    teacher, oracle = none.overrides("demo", 1200), none.overrides("demo_oracle_2s", 1200)
     assert "data.train=[shards/demo_missing-0_unbalanced]" in teacher and "run.dir=runs/demo_missing-0" in teacher
     assert "psl.oracle=data/demo_missing-0/balanced_strong.tsv" in oracle
     assert "data.valid=[shards/demo_missing-0_balanced]" in oracle
+    assert not any(o.startswith("data.num_samples") for o in teacher)
+    # a bigger teacher split: its own world, the default teacher's steps (an epoch of --clips draws) over more clips
+    ratio = World(teacher_ratio=30)
+    assert ratio.runs == Path("runs/demo_ratio-30") and ratio.generate(10, 5)[-4:-2] == ["--teacher-ratio", "30"]
+    assert "data.num_samples=1200" in ratio.overrides("demo", 1200)
+    assert not any(o.startswith("data.num_samples") for o in ratio.overrides("demo_psl_2s", 1200))
+    assert World(missing="half", teacher_ratio=30).data == Path("data/demo_missing-half_ratio-30")
 
 
 def test_a_run_with_one_chunk_per_clip_counts_its_epoch_in_chunks(built_shards, synthetic_dir, tmp_path):

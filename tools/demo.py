@@ -10,12 +10,14 @@ against the true chunk labels. Each row states its budget: optimizer steps, epoc
 its own training chunks they make.
 
     python -m tools.demo [--table quick|sweep|full] [--seeds 0 1 2] [--missing audioset|half|0] [--world clean]
+                          [--teacher-ratio R]
 
 ``quick`` (the default, within 15 min on 2 cores) trains the teacher, weak-10s and PSL-2s; ``sweep`` adds PSL-10s
 (the rows the missing-label sweep compares); ``full`` adds PSL-5s, teacher-student 2 s (α = 0.5), an oracle 2 s
 student trained on the true chunk labels (what perfect pseudo labels would give) and weak-2s (chunks that inherit
 their clip's label). ``--missing`` scales the missing-label rates (0: none; the default: AudioSet's) and
-``--world clean`` is the control with every label true; each world has its own data, shards and runs. Finished
+``--world clean`` is the control with every label true; ``--teacher-ratio R`` gives the teacher R × the students'
+clips (PSL's ~92×; the default ~10×); each world has its own data, shards and runs. Finished
 runs are reused. Writes the table as markdown and a plot beside the runs (runs/demo_table.md for the default
 world).
 
@@ -70,12 +72,12 @@ class World:
 
     kind: str = "audioset-like"
     missing: str = "audioset"
+    teacher_ratio: float | None = None  # the large split's clips per balanced-subset clip (None: --clips)
 
     @property
     def tag(self) -> str:
-        if self.kind == "clean":
-            return "clean"
-        return "" if self.missing == "audioset" else f"missing-{self.missing}"
+        parts = ["clean"] if self.kind == "clean" else [] if self.missing == "audioset" else [f"missing-{self.missing}"]
+        return "_".join(parts + ([f"ratio-{self.teacher_ratio:g}"] if self.teacher_ratio else []))
 
     @property
     def data(self) -> Path:
@@ -96,15 +98,19 @@ class World:
     def generate(self, clips: int, eval_clips: int) -> list[str]:
         """tools.make_synthetic's arguments for this world."""
         args = ["--out", str(self.data), "--clips", str(clips), "--eval-clips", str(eval_clips), "--world", self.kind]
+        args += ["--teacher-ratio", f"{self.teacher_ratio:g}"] if self.teacher_ratio else []
         return args + (["--missing", self.missing] if self.kind != "clean" else [])
 
-    def overrides(self, name: str) -> list[str]:
-        """Where row ``name``'s configs must look in this world (nothing for the default world)."""
+    def overrides(self, name: str, clips: int) -> list[str]:
+        """Where row ``name``'s configs must look in this world (nothing for the default world). With a teacher
+        ratio the teacher draws ``clips`` (--clips) a epoch, so it takes the default world's teacher's steps over
+        more distinct clips."""
         if not self.tag:
             return []
         train, valid = ("unbalanced", "valid") if name == "demo" else ("balanced", "balanced")
         out = [f"run.dir={self.runs}", f"data.train=[{self.shards(train)}]", f"data.valid=[{self.shards(valid)}]",
                f"data.eval=[{self.shards('eval')}]", f"evaluation.strong_labels={self.data / 'eval_strong.tsv'}"]
+        out += [f"data.num_samples={clips}"] if name == "demo" and self.teacher_ratio else []
         return out + ([f"psl.oracle={self.data / 'balanced_strong.tsv'}"] if name == "demo_oracle_2s" else [])
 
 
@@ -297,7 +303,8 @@ def ship_teachers(seeds: list[int]) -> None:
         print(f"shipped {run} as {out}")
 
 
-def train_rows(world: World, names: list[str], seeds: list[int], processes: int, train_teacher: bool) -> None:
+def train_rows(world: World, names: list[str], seeds: list[int], processes: int, train_teacher: bool,
+               clips: int) -> None:
     titles = dict(ROWS)
     done, total = 0, len(seeds) * len(names)
     for seed in seeds:
@@ -315,7 +322,7 @@ def train_rows(world: World, names: list[str], seeds: list[int], processes: int,
                 continue
             print(f"\n== {header} (configs/{name}.yaml; a progress bar per epoch, then a line of its metrics)",
                   flush=True)
-            overrides = [f"run.name={name}_seed{seed}", f"run.seed={seed}", *world.overrides(name)]
+            overrides = [f"run.name={name}_seed{seed}", f"run.seed={seed}", *world.overrides(name, clips)]
             if run.exists():  # an interrupted run: continue it
                 overrides.append("run.resume=true")
             if name not in TEACHERLESS:
@@ -336,6 +343,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--missing", choices=["0", "half", "audioset"], default="audioset",
                    help="missing weak labels at none, half or all of the rates measured from AudioSet "
                         "(audioset-like world; default: %(default)s)")
+    p.add_argument("--teacher-ratio", type=float, default=None,
+                   help="size the large split, the teacher's, to this many clips per balanced-subset clip (the "
+                        "students' clips stay the same; the teacher takes the same steps as at the default, about "
+                        "10; PSL's is about 92) and give the world its own data, shards and runs (default: --clips)")
     p.add_argument("--processes", type=int, default=2,
                    help="Accelerate processes (gloo on CPU; default: %(default)s)")
     p.add_argument("--clips", type=int, default=1200,
@@ -349,17 +360,18 @@ def main(argv: list[str] | None = None) -> None:
     if args.ship_teachers:
         ship_teachers(args.seeds)
         return
-    world = World(args.world, args.missing)
+    world = World(args.world, args.missing, args.teacher_ratio)
     names, titles = TABLES[args.table], dict(ROWS)
     print(f"Demo ({args.table} table) in the {world.kind} world"
           + (f" (missing labels: {world.missing})" if world.kind != "clean" else "")
+          + (f" (teacher's clips: {world.teacher_ratio:g}× the students')" if world.teacher_ratio else "")
           + f": {', '.join(titles[n] for n in names)}; seed(s) {', '.join(map(str, args.seeds))}; "
           f"{args.processes} CPU processes.\nData in {world.data}/, shards in shards/, runs in {world.runs}/; what "
           "exists is reused.", flush=True)
     teachers_shipped = not args.train_teacher and all(shipped_teacher(world, s) for s in args.seeds)
     teacher_only = ("unbalanced", "valid") if teachers_shipped or "demo" not in names else ()
     build_data(world, args.clips, args.eval_clips, tuple(s for s in world.splits if s not in teacher_only))
-    train_rows(world, names, args.seeds, args.processes, args.train_teacher)
+    train_rows(world, names, args.seeds, args.processes, args.train_teacher, args.clips)
     text, stats = table(names, args.seeds, args.processes, world)
     (world.runs / "demo_table.md").write_text(text + "\n")
     plot(stats, args.seeds, world.runs / "demo_table.png")

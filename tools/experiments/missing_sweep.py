@@ -4,7 +4,10 @@ labels? For each world trained by ``python -m tools.demo --table sweep --missing
 PSL-10s − weak-10s and PSL-2s − weak-10s in whole-clip mAP on eval, against the world's AudioSet-like eval labels
 and against the true labels of the same clips, then mean ± half the range over the seeds.
 
-    python -m tools.experiments.missing_sweep [--missing 0 half audioset] [--seeds 0 1 2]
+    python -m tools.experiments.missing_sweep [--missing 0 half audioset] [--seeds 0 1 2] [--teacher-ratio 30]
+
+``--teacher-ratio R`` adds the AudioSet-like world whose teacher saw R × the students' clips
+(``python -m tools.demo --teacher-ratio R --table sweep``; the same student clips, the default's ~10×).
 """
 from __future__ import annotations
 
@@ -27,12 +30,13 @@ def finished(world: World, seed: int) -> bool:
     return all(RunDir(world.runs / f"{name}_seed{seed}").summary.exists() for name in (BASE, *ROWS.values()))
 
 
-def sweep(missing: list[str], seeds: list[int]) -> str:
+def sweep(missing: list[str], seeds: list[int], ratios: list[float] = ()) -> str:
     """The markdown table: a row per world, comparison and eval label set, with the differences per seed (the
-    seeds whose three runs have finished in that world) and their mean ± half-range."""
+    seeds whose three runs have finished in that world) and their mean ± half-range. ``ratios``: the AudioSet-like
+    worlds with those teacher-data ratios, after the ``missing`` ones."""
     lines = ["| missing labels | comparison | eval labels | per seed (seed) | mean ± half range |", "|---|---|---|---|---|"]
-    for m in missing:
-        world = World(missing=m)
+    for world in [World(missing=m) for m in missing] + [World(teacher_ratio=r) for r in ratios]:
+        m = world.missing + (f", teacher {world.teacher_ratio:g}× the students' clips" if world.teacher_ratio else "")
         done = [s for s in seeds if finished(world, s)]
         if not done:
             continue
@@ -52,8 +56,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--missing", nargs="+", default=["0", "half", "audioset"], choices=["0", "half", "audioset"],
                    help="the worlds to compare (default: all three)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
+    p.add_argument("--teacher-ratio", type=float, nargs="*", default=[],
+                   help="also the AudioSet-like worlds whose teacher saw this many clips per student clip")
     args = p.parse_args(argv)
-    print(sweep(args.missing, args.seeds))
+    print(sweep(args.missing, args.seeds, args.teacher_ratio))
 
 
 if __name__ == "__main__":
