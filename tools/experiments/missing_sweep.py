@@ -12,6 +12,7 @@ and against the true labels of the same clips, then mean ± half the range over 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 
 from tools.demo import World, _stat, summary, true_label_scores
 from trainer.rundir import RunDir
@@ -30,7 +31,7 @@ def finished(world: World, seed: int) -> bool:
     return all(RunDir(world.runs / f"{name}_seed{seed}").summary.exists() for name in (BASE, *ROWS.values()))
 
 
-def sweep(missing: list[str], seeds: list[int], ratios: list[float] = ()) -> str:
+def sweep(missing: list[str], seeds: list[int], ratios: Sequence[float] = ()) -> str:
     """The markdown table: a row per world, comparison and eval label set, with the differences per seed (the
     seeds whose three runs have finished in that world) and their mean ± half-range. ``ratios``: the AudioSet-like
     worlds with those teacher-data ratios, after the ``missing`` ones."""
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="the worlds to compare (default: all three)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
     p.add_argument("--teacher-ratio", type=float, nargs="*", default=[],
-                   help="also the AudioSet-like worlds whose teacher saw this many clips per student clip")
+                   help="also the AudioSet-like worlds whose teacher saw this many clips per student clip "
+                        "(default: none)")
     args = p.parse_args(argv)
     print(sweep(args.missing, args.seeds, args.teacher_ratio))
 
